@@ -1,0 +1,359 @@
+// The action runner: puts an action in place at init, and runs it once per activation.
+//
+// It is the one stateful piece of the proxy (what is initialized, with which environment) and it knows
+// nothing of HTTP. Runtime images that need more (a compile step at init, extra environment) extend
+// this class or pass options to it; see "Extending the runner" in the README.
+
+import { spawn } from 'node:child_process';
+import { constants, promises as fs, accessSync, statSync, type Stats } from 'node:fs';
+import { join } from 'node:path';
+import type { Readable, Writable } from 'node:stream';
+import type { ZipLimits } from './zip.ts';
+
+/** The fixed texts clients see; the specific cause goes to the logs. */
+export const MESSAGES = {
+  reinit: 'Cannot initialize the action more than once.',
+  initFailed: 'The action failed to generate or locate a binary. See logs for details.',
+  noBinary: 'The action failed to locate a binary. See logs for details.',
+  badArguments: 'The action did not receive a dictionary or array as an argument.',
+  badResult: 'The action did not return a dictionary or array.',
+} as const;
+
+/** An error that knows its HTTP status. Only the HTTP layer turns it into a response. */
+export class ProxyError extends Error {
+  readonly status: number;
+  constructor(status: number, message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = 'ProxyError';
+    this.status = status;
+  }
+}
+
+export function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+// linux/binfmts.h MAX_ARG_STRLEN is 32 pages (131072 bytes) including the terminating NUL.
+const MAX_ARG_STRLEN = 131071;
+const NEWLINE = 0x0a;
+
+export interface RunnerOptions {
+  /** Where the action lives; its `exec` is what runs. */
+  actionDir: string;
+  /** What every activation's environment starts from. Default: the proxy's own, read once. */
+  env?: Record<string, string | undefined>;
+  /** Overrides of the ZIP extraction limits for binary inits. */
+  zipLimits?: Partial<ZipLimits>;
+  /** Most activations running at once; the rest wait in arrival order. 0 or absent: no limit. */
+  maxActivations?: number;
+  /** Where the action's output goes. Default: the proxy's stdout and stderr. */
+  logs?: { stdout: Writable; stderr: Writable };
+}
+
+/** The `value` of an init request. `main` is accepted and ignored: the entry point is always `exec`. */
+export interface InitValue {
+  code?: unknown;
+  binary?: unknown;
+  main?: unknown;
+  env?: unknown;
+  [field: string]: unknown;
+}
+
+export interface ActivationResult {
+  /** The parsed result: a JSON object or array. */
+  result: object;
+  /** Its JSON text, exactly as the action printed it (trimmed). */
+  json: string;
+}
+
+export class ActionRunner {
+  readonly actionDir: string;
+  readonly binary: string;
+  initialized = false;
+  protected readonly logs: { stdout: Writable; stderr: Writable };
+  protected readonly zipLimits: Partial<ZipLimits>;
+  /** The proxy's environment, then the init `env`: what each activation starts from. */
+  protected baseEnv: Record<string, string>;
+  private readonly initialEnv: Record<string, string>;
+  private readonly maxActivations: number;
+  private running = 0;
+  private readonly waiting: Array<() => void> = [];
+
+  constructor(options: RunnerOptions) {
+    this.actionDir = options.actionDir;
+    this.binary = join(options.actionDir, 'exec');
+    this.logs = options.logs ?? { stdout: process.stdout, stderr: process.stderr };
+    this.zipLimits = options.zipLimits ?? {};
+    this.maxActivations = options.maxActivations ?? 0;
+    const env: Record<string, string> = {};
+    for (const [key, value] of Object.entries(options.env ?? process.env)) if (value !== undefined) env[key] = value;
+    this.initialEnv = env;
+    this.baseEnv = env;
+  }
+
+  /**
+   * Puts the action in place: writes the script or extracts the archive into a fresh folder inside the
+   * action directory, moves it over the live files, builds, verifies. Any failure puts the previous
+   * files back and throws a 502 ProxyError whose cause says what went wrong.
+   */
+  async init(value: InitValue): Promise<void> {
+    try {
+      const env = value.env === undefined || value.env === null ? {} : environment(value.env, '', 'init env');
+      if (value.binary !== undefined && typeof value.binary !== 'boolean') throw new Error(`init 'binary' must be a boolean, not ${JSON.stringify(value.binary)}`);
+      if (value.code !== undefined && value.code !== null) {
+        if (typeof value.code !== 'string') throw new Error(`init 'code' must be a string, not ${typeof value.code}`);
+        await this.install(value.code, value.binary === true, value);
+      } else {
+        this.verifyOrThrow();
+      }
+      this.baseEnv = { ...this.initialEnv, ...env };
+      this.initialized = true;
+    } catch (error) {
+      throw new ProxyError(502, MESSAGES.initFailed, { cause: error });
+    }
+  }
+
+  /**
+   * A hook for runtimes with a build step (compile a source file into `exec`, say). It runs after the new
+   * files are in the action directory and before `exec` is verified; throwing fails the init and
+   * restores the previous action.
+   */
+  protected async build(_value: InitValue): Promise<void> {}
+
+  /** The `exec` file's stats when it is a regular file (a link to one is fine) and executable. */
+  verify(): Stats | undefined {
+    try {
+      const stats = statSync(this.binary);
+      if (!stats.isFile()) return undefined;
+      accessSync(this.binary, constants.X_OK);
+      return stats;
+    } catch {
+      return undefined;
+    }
+  }
+
+  private verifyOrThrow(): void {
+    if (!this.verify()) throw new Error(`${this.binary} is not an executable file`);
+  }
+
+  private async install(code: string, binary: boolean, value: InitValue): Promise<void> {
+    await fs.mkdir(this.actionDir, { recursive: true });
+    const staging = await fs.mkdtemp(join(this.actionDir, '.proxy-init-'));
+    try {
+      if (binary) {
+        const { extract, DEFAULT_ZIP_LIMITS } = await import('./zip.ts');
+        await extract(Buffer.from(code, 'base64'), staging, { ...DEFAULT_ZIP_LIMITS, ...this.zipLimits }).catch((error: unknown) => {
+          // Buffer.from skips what isn't base64, so text that never was an archive fails as a bad archive.
+          if (!BASE64.test(code)) throw new Error('init code is not valid base64 (binary: true needs a base64 ZIP archive)', { cause: error });
+          throw error;
+        });
+      } else {
+        await fs.writeFile(join(staging, 'exec'), code, { mode: 0o755 });
+      }
+      await makeExecutable(join(staging, 'exec'));
+    } catch (error) {
+      await fs.rm(staging, { recursive: true, force: true });
+      throw error;
+    }
+    const swap = await this.swapIn(staging);
+    try {
+      await this.build(value);
+      this.verifyOrThrow();
+    } catch (error) {
+      await this.swapBack(swap);
+      throw error;
+    }
+    await fs.rm(swap.backup, { recursive: true, force: true });
+  }
+
+  /** Moves each top-level entry of `staging` into the action directory, the old one of that name aside. */
+  private async swapIn(staging: string): Promise<Swap> {
+    const swap: Swap = { backup: await fs.mkdtemp(join(this.actionDir, '.proxy-previous-')), placed: [], replaced: [] };
+    try {
+      for (const name of await fs.readdir(staging)) {
+        try {
+          await fs.rename(join(this.actionDir, name), join(swap.backup, name));
+          swap.replaced.push(name);
+        } catch (error) {
+          if (!isErrno(error, 'ENOENT')) throw error;
+        }
+        await fs.rename(join(staging, name), join(this.actionDir, name));
+        swap.placed.push(name);
+      }
+    } catch (error) {
+      await this.swapBack(swap);
+      throw error;
+    } finally {
+      await fs.rm(staging, { recursive: true, force: true });
+    }
+    return swap;
+  }
+
+  private async swapBack(swap: Swap): Promise<void> {
+    for (const name of swap.placed) await fs.rm(join(this.actionDir, name), { recursive: true, force: true });
+    for (const name of swap.replaced) await fs.rename(join(swap.backup, name), join(this.actionDir, name));
+    await fs.rm(swap.backup, { recursive: true, force: true });
+  }
+
+  /**
+   * One activation's environment, built fresh: the base environment, then one `__OW_<KEY>` per activation
+   * field. Nothing of one activation is visible to the next.
+   */
+  activationEnv(fields: Record<string, unknown>): Record<string, string> {
+    try {
+      return { ...this.baseEnv, ...environment(fields, '__OW_', 'activation field') };
+    } catch (error) {
+      throw new ProxyError(400, (error as Error).message);
+    }
+  }
+
+  /** Runs `exec` once with `args`; resolves with its result or rejects with a ProxyError. */
+  async run(args: unknown, fields: Record<string, unknown>): Promise<ActivationResult> {
+    const stats = this.verify();
+    if (!stats) throw new ProxyError(502, MESSAGES.noBinary, { cause: new Error(`${this.binary} is not an executable file`) });
+    const env = this.activationEnv(fields);
+    await this.acquire();
+    try {
+      return await this.execute(JSON.stringify(args), env, stats);
+    } finally {
+      this.release();
+    }
+  }
+
+  private acquire(): Promise<void> {
+    if (this.maxActivations <= 0 || this.running < this.maxActivations) {
+      this.running++;
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => this.waiting.push(resolve));
+  }
+
+  private release(): void {
+    const next = this.waiting.shift();
+    if (next) next(); // the slot passes straight to the next in line
+    else this.running--;
+  }
+
+  private execute(input: string, env: Record<string, string>, stats: Stats): Promise<ActivationResult> {
+    const { stdout, stderr } = this.logs;
+    const startFailed = (cause: string): ProxyError => {
+      stdout.write(`${cause}\n`);
+      return new ProxyError(502, MESSAGES.badResult);
+    };
+    // glibc's execvp would run an empty file through /bin/sh and "succeed"; the kernel says ENOEXEC.
+    if (stats.size === 0) return Promise.reject(startFailed(`spawn ${this.binary} ENOEXEC: exec format error (the file is empty)`));
+    return new Promise((resolve, reject) => {
+      const argv = Buffer.byteLength(input) <= MAX_ARG_STRLEN ? [input] : [];
+      const child = spawn(this.binary, argv, { cwd: this.actionDir, env, stdio: 'pipe' });
+      let spawnError: Error | undefined;
+      child.on('error', (error) => {
+        spawnError ??= error;
+      });
+      child.stdin.on('error', () => {}); // EPIPE: an action need not read its input
+      child.stdin.end(input);
+      const lastLine = forwardLines(child.stdout, stdout, true);
+      const stderrRest = forwardLines(child.stderr, stderr, false);
+      child.on('close', () => {
+        const rest = stderrRest();
+        if (rest.length > 0) stderr.write(rest);
+        if (spawnError && child.pid === undefined) return reject(startFailed(spawnError.message));
+        const candidate = trim(lastLine());
+        const json = candidate.toString('utf8');
+        try {
+          const result: unknown = JSON.parse(json);
+          if (typeof result === 'object' && result !== null) return resolve({ result, json });
+        } catch {
+          // not JSON: answered below like any other result that is not an object or array
+        }
+        stdout.write(Buffer.concat([candidate, Buffer.from('\n')]));
+        reject(new ProxyError(502, MESSAGES.badResult));
+      });
+    });
+  }
+}
+
+interface Swap {
+  /** The folder holding the entries that were replaced. */
+  backup: string;
+  /** Names moved from staging into the action directory. */
+  placed: string[];
+  /** Names moved from the action directory into `backup`. */
+  replaced: string[];
+}
+
+function isErrno(error: unknown, code: string): boolean {
+  return error instanceof Error && (error as NodeJS.ErrnoException).code === code;
+}
+
+/** `exec` always ends up executable: 0755 when it lacks the owner's execute bit. */
+async function makeExecutable(path: string): Promise<void> {
+  let stats: Stats;
+  try {
+    stats = await fs.lstat(path);
+  } catch (error) {
+    if (isErrno(error, 'ENOENT')) throw new Error("the archive has no 'exec' at its root");
+    throw error;
+  }
+  if (stats.isFile() && (stats.mode & 0o100) === 0) await fs.chmod(path, 0o755);
+}
+
+// Base64 as encoders write it, wrapped lines (`base64` wraps at 76) included.
+const BASE64 = /^[A-Za-z0-9+/\s]*={0,2}\s*$/;
+
+/** Environment values: strings as they are, `null` as "", anything else as its JSON text. */
+function environment(fields: unknown, prefix: string, what: string): Record<string, string> {
+  if (!isObject(fields)) throw new Error(`${what}s must be an object`);
+  const env: Record<string, string> = {};
+  for (const [key, value] of Object.entries(fields)) {
+    const text = typeof value === 'string' ? value : value === null ? '' : JSON.stringify(value);
+    if (key === '' || key.includes('=') || key.includes('\0')) throw new Error(`${what} '${key.replaceAll('\0', '\\0')}' can't be an environment variable name`);
+    if (text.includes('\0')) throw new Error(`${what} '${key}' has a NUL character, which an environment variable can't hold`);
+    env[prefix + (prefix ? key.toUpperCase() : key)] = text;
+  }
+  return env;
+}
+
+/**
+ * Forwards complete lines from an action's pipe to a log as they arrive, never splitting a line, and
+ * returns a function giving what was held back: with `holdLast`, the last line (the result candidate,
+ * which is only known once the pipe ends), else just an unfinished line. Memory is bounded by the
+ * longest line. A full log pauses the pipe.
+ */
+function forwardLines(from: Readable, to: Writable, holdLast: boolean): () => Buffer {
+  let held: Buffer[] = [];
+  let heldEndsLine = false;
+  const emit = (parts: Buffer[]): void => {
+    if (!to.write(parts.length === 1 ? parts[0]! : Buffer.concat(parts))) {
+      from.pause();
+      to.once('drain', () => from.resume());
+    }
+  };
+  from.on('data', (chunk: Buffer) => {
+    // With holdLast, a newline that ends the chunk may end the output: it does not release the line.
+    const searchEnd = holdLast ? chunk.length - 2 : chunk.length - 1;
+    const cut = searchEnd < 0 ? -1 : chunk.lastIndexOf(NEWLINE, searchEnd);
+    if (cut !== -1) {
+      emit([...held, chunk.subarray(0, cut + 1)]);
+      held = cut + 1 < chunk.length ? [chunk.subarray(cut + 1)] : [];
+    } else if (heldEndsLine) {
+      emit(held);
+      held = [chunk];
+    } else {
+      held.push(chunk);
+    }
+    heldEndsLine = holdLast && chunk[chunk.length - 1] === NEWLINE;
+  });
+  return () => Buffer.concat(held);
+}
+
+function isSpace(byte: number | undefined): boolean {
+  return byte === 0x20 || (byte !== undefined && byte >= 0x09 && byte <= 0x0d);
+}
+
+function trim(bytes: Buffer): Buffer {
+  let start = 0;
+  let end = bytes.length;
+  while (start < end && isSpace(bytes[start])) start++;
+  while (end > start && isSpace(bytes[end - 1])) end--;
+  return bytes.subarray(start, end);
+}
