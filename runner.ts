@@ -322,8 +322,11 @@ function environment(fields: unknown, prefix: string, what: string): Record<stri
 function forwardLines(from: Readable, to: Writable, holdLast: boolean): () => Buffer {
   let held: Buffer[] = [];
   let heldEndsLine = false;
+  // Parts are written one by one, never concatenated: a long line costs no copy.
   const emit = (parts: Buffer[]): void => {
-    if (!to.write(parts.length === 1 ? parts[0]! : Buffer.concat(parts))) {
+    let full = false;
+    for (const part of parts) full = !to.write(part) || full;
+    if (full) {
       from.pause();
       to.once('drain', () => from.resume());
     }

@@ -20,9 +20,9 @@ export async function handle(req: IncomingMessage, res: ServerResponse): Promise
   return outcome.ok ? sendJson(res, 200, outcome.json) : sendFailure(res, outcome);
 }
 
-/** `{"value": {...}}`: a missing body or value is `{}`; anything but objects is a 404. */
+/** `{"value": {...}}`: an empty body or a missing value is `{}`; anything but objects (JSON `null` too) is a 404. */
 function initValue(message: unknown): InitValue {
-  const body = message ?? {};
+  const body = message === undefined ? {} : message;
   const value = isObject(body) ? ('value' in body ? body.value : {}) : undefined;
   if (!isObject(value)) throw new ProxyError(404, 'The init request must be a JSON object whose "value" is an object.');
   return value;
@@ -30,7 +30,7 @@ function initValue(message: unknown): InitValue {
 
 /** `{"value": args, ...activation fields}`: a missing body or value is `{}`; args are an object or array. */
 function runMessage(message: unknown): RunMessage {
-  const body = message ?? {};
+  const body = message === undefined ? {} : message;
   if (!isObject(body)) throw new ProxyError(404, MESSAGES.badArguments);
   const args = 'value' in body ? body.value : {};
   if (typeof args !== 'object' || args === null) throw new ProxyError(404, MESSAGES.badArguments);

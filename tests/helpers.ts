@@ -1,0 +1,230 @@
+// Test helpers: start the real proxy as a child process, each with its own port and action directory,
+// and talk HTTP to it.
+
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { copyFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { request as httpRequest } from 'node:http';
+import { createServer, connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** The compiled repository root (tests run from dist/tests). */
+export const DIST = join(dirname(fileURLToPath(import.meta.url)), '..');
+export const ROOT = join(DIST, '..');
+export const PROXY = join(DIST, 'proxy.js');
+export const STUB = join(ROOT, 'action', 'exec');
+export const SENTINEL = 'XXX_THE_END_OF_A_WHISK_ACTIVATION_XXX\n';
+
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      server.close(() => (typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+/** Everything a process wrote on one stream, with a count of sentinel lines as they arrive. */
+export class Log {
+  private chunks: Buffer[] = [];
+  private carry = '';
+  bytes = 0;
+  sentinels = 0;
+  private waiters: Array<() => void> = [];
+  /** Keep only a count of bytes and sentinels (for outputs too large to hold). */
+  countOnly = false;
+
+  add(chunk: Buffer): void {
+    this.bytes += chunk.length;
+    if (!this.countOnly) this.chunks.push(chunk);
+    const text = this.carry + chunk.toString('latin1');
+    let at = text.indexOf(SENTINEL);
+    while (at !== -1) {
+      this.sentinels++;
+      at = text.indexOf(SENTINEL, at + SENTINEL.length);
+    }
+    this.carry = text.slice(-(SENTINEL.length - 1));
+    for (const wake of this.waiters.splice(0)) wake();
+  }
+  get buffer(): Buffer {
+    return Buffer.concat(this.chunks);
+  }
+  get text(): string {
+    return this.buffer.toString('utf8');
+  }
+  /** The text with the sentinel lines taken out. */
+  get withoutSentinels(): string {
+    return this.text.replaceAll(SENTINEL, '');
+  }
+  /** Resolves once `n` sentinels have arrived; rejects after `ms`. */
+  async untilSentinels(n: number, ms = 10_000): Promise<void> {
+    const deadline = Date.now() + ms;
+    while (this.sentinels < n) {
+      if (Date.now() > deadline) throw new Error(`expected ${n} sentinels, saw ${this.sentinels}; log so far:\n${this.text.slice(-2000)}`);
+      await new Promise<void>((resolve) => {
+        this.waiters.push(resolve);
+        setTimeout(resolve, 50);
+      });
+    }
+  }
+}
+
+export interface Response {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: Buffer;
+  text: string;
+  json(): unknown;
+}
+
+export interface RunningProxy {
+  port: number;
+  dir: string;
+  child: ChildProcess;
+  stdout: Log;
+  stderr: Log;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  request(method: string, path: string, body?: string | Buffer | object, headers?: Record<string, string>): Promise<Response>;
+  post(path: string, body?: string | Buffer | object): Promise<Response>;
+  /** Waits until both streams carry `n` sentinels. */
+  sentinels(n: number): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export interface ProxyOptions {
+  env?: Record<string, string>;
+  /** Put the stub at exec (default true). */
+  stub?: boolean;
+  /** Wait for the port to accept connections (default true). */
+  waitReady?: boolean;
+  /** Command to run instead of `node dist/proxy.js`. */
+  command?: string[];
+}
+
+/** Starts the proxy on a free port with a fresh action directory holding the stub. */
+export async function startProxy(options: ProxyOptions = {}): Promise<RunningProxy> {
+  const port = await freePort();
+  const dir = mkdtempSync(join(tmpdir(), 'proxy-test-'));
+  if (options.stub !== false) copyFileSync(STUB, join(dir, 'exec'));
+  const env: Record<string, string | undefined> = {
+    ...process.env,
+    FLASK_PROXY_PORT: String(port),
+    PROXY_ACTION_DIR: dir,
+    ...options.env,
+  };
+  for (const key of ['PORT', 'NODE_EXTRA_CA_CERTS', 'NODE_TEST_CONTEXT', 'NODE_OPTIONS']) if (!(key in (options.env ?? {}))) delete env[key];
+  const [command, ...args] = options.command ?? [process.execPath, PROXY];
+  const child = spawn(command!, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const stdout = new Log();
+  const stderr = new Log();
+  child.stdout!.on('data', (chunk: Buffer) => stdout.add(chunk));
+  child.stderr!.on('data', (chunk: Buffer) => stderr.add(chunk));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.on('close', (code, signal) => resolve({ code, signal })),
+  );
+  const proxy: RunningProxy = {
+    port,
+    dir,
+    child,
+    stdout,
+    stderr,
+    exited,
+    request: (method, path, body, headers) => request(port, method, path, body, headers),
+    post: (path, body) => request(port, 'POST', path, body),
+    async sentinels(n) {
+      await stdout.untilSentinels(n);
+      await stderr.untilSentinels(n);
+    },
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      await exited;
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+  if (options.waitReady !== false) {
+    try {
+      await waitForPort(port, exited);
+    } catch (error) {
+      await proxy.stop();
+      throw new Error(`${(error as Error).message}; stderr: ${stderr.text}`);
+    }
+  }
+  return proxy;
+}
+
+export async function waitForPort(port: number, exited?: Promise<unknown>, ms = 10_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  let gone = false;
+  void exited?.then(() => (gone = true));
+  while (Date.now() < deadline) {
+    if (gone) throw new Error('the proxy exited before it listened');
+    const ok = await new Promise<boolean>((resolve) => {
+      const socket = connect(port, '127.0.0.1');
+      socket.once('connect', () => {
+        socket.destroy();
+        resolve(true);
+      });
+      socket.once('error', () => resolve(false));
+    });
+    if (ok) return;
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  throw new Error(`nothing listens on port ${port} after ${ms} ms`);
+}
+
+export function request(
+  port: number,
+  method: string,
+  path: string,
+  body?: string | Buffer | object,
+  headers: Record<string, string> = {},
+): Promise<Response> {
+  const payload = body === undefined ? undefined : typeof body === 'string' || Buffer.isBuffer(body) ? body : JSON.stringify(body);
+  return new Promise((resolve, reject) => {
+    const req = httpRequest({ host: '127.0.0.1', port, method, path, headers, agent: false }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (chunk: Buffer) => chunks.push(chunk));
+      res.on('end', () => {
+        const buffer = Buffer.concat(chunks);
+        const text = buffer.toString('utf8');
+        resolve({ status: res.statusCode ?? 0, headers: res.headers, body: buffer, text, json: () => JSON.parse(text) });
+      });
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end(payload);
+  });
+}
+
+/** Inits the proxy with a script; asserts nothing, returns the response. */
+export function initScript(proxy: RunningProxy, code: string, extra: Record<string, unknown> = {}): Promise<Response> {
+  return proxy.post('/init', { value: { code, ...extra } });
+}
+
+/** Runs `fn` with a proxy that is stopped (and its directory removed) afterwards. */
+export async function withProxy<T>(options: ProxyOptions, fn: (proxy: RunningProxy) => Promise<T>): Promise<T> {
+  const proxy = await startProxy(options);
+  try {
+    return await fn(proxy);
+  } finally {
+    await proxy.stop();
+  }
+}
+
+/** A temporary folder, removed after `fn`. */
+export async function withTempDir<T>(fn: (dir: string) => Promise<T>): Promise<T> {
+  const dir = mkdtempSync(join(tmpdir(), 'proxy-tmp-'));
+  try {
+    return await fn(dir);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** Base64 of a ZIP archive that Info-ZIP `zip` makes of `dir` (symlinks kept as links). */
+export function zipBase64(dir: string, flags: string[] = []): string {
+  return execFileSync('zip', ['-q', '-r', '-y', ...flags, '-', '.'], { cwd: dir, maxBuffer: 1 << 30 }).toString('base64');
+}
