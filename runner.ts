@@ -158,6 +158,10 @@ export class ActionRunner {
     const swap = await this.swapIn(staging);
     try {
       await this.build(value);
+      // Without a build step an archive must bring its own `exec` (else the stub would quietly stay);
+      // a runtime with one may build `exec` from the archive's sources.
+      const hasBuildStep = this.build !== ActionRunner.prototype.build;
+      if (binary && !hasBuildStep && !swap.placed.includes('exec')) throw new Error("the archive has no 'exec' at its root");
       this.verifyOrThrow();
     } catch (error) {
       await this.swapBack(swap);
@@ -285,13 +289,13 @@ function isErrno(error: unknown, code: string): boolean {
   return error instanceof Error && (error as NodeJS.ErrnoException).code === code;
 }
 
-/** `exec` always ends up executable: 0755 when it lacks the owner's execute bit. */
+/** An `exec` that is there always ends up executable: 0755 when it lacks the owner's execute bit. */
 async function makeExecutable(path: string): Promise<void> {
   let stats: Stats;
   try {
     stats = await fs.lstat(path);
   } catch (error) {
-    if (isErrno(error, 'ENOENT')) throw new Error("the archive has no 'exec' at its root");
+    if (isErrno(error, 'ENOENT')) return;
     throw error;
   }
   if (stats.isFile() && (stats.mode & 0o100) === 0) await fs.chmod(path, 0o755);
