@@ -6,7 +6,7 @@
 
 import { spawn } from 'node:child_process';
 import { constants, promises as fs, accessSync, statSync, type Stats } from 'node:fs';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import type { ZipLimits } from './zip.ts';
 
@@ -80,8 +80,9 @@ export class ActionRunner {
   private readonly waiting: Array<() => void> = [];
 
   constructor(options: RunnerOptions) {
-    this.actionDir = options.actionDir;
-    this.binary = join(options.actionDir, 'exec');
+    // Absolute, because the action runs with the action directory as its working directory.
+    this.actionDir = resolve(options.actionDir);
+    this.binary = join(this.actionDir, 'exec');
     this.logs = options.logs ?? { stdout: process.stdout, stderr: process.stderr };
     this.zipLimits = options.zipLimits ?? {};
     this.maxActivations = options.maxActivations ?? 0;

@@ -6,7 +6,7 @@ import { copyFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { createServer, connect } from 'node:net';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 /** The compiled repository root (tests run from dist/tests). */
@@ -102,6 +102,8 @@ export interface ProxyOptions {
   waitReady?: boolean;
   /** Command to run instead of `node dist/proxy.js`. */
   command?: string[];
+  /** Give PROXY_ACTION_DIR relative to the proxy's working directory, as `npm start` does. */
+  relativeActionDir?: boolean;
 }
 
 /** Starts the proxy on a free port with a fresh action directory holding the stub. */
@@ -112,12 +114,12 @@ export async function startProxy(options: ProxyOptions = {}): Promise<RunningPro
   const env: Record<string, string | undefined> = {
     ...process.env,
     FLASK_PROXY_PORT: String(port),
-    PROXY_ACTION_DIR: dir,
+    PROXY_ACTION_DIR: options.relativeActionDir ? basename(dir) : dir,
     ...options.env,
   };
   for (const key of ['PORT', 'NODE_EXTRA_CA_CERTS', 'NODE_TEST_CONTEXT', 'NODE_OPTIONS']) if (!(key in (options.env ?? {}))) delete env[key];
   const [command, ...args] = options.command ?? [process.execPath, PROXY];
-  const child = spawn(command!, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(command!, args, { env, cwd: dirname(dir), stdio: ['ignore', 'pipe', 'pipe'] });
   const stdout = new Log();
   const stderr = new Log();
   child.stdout!.on('data', (chunk: Buffer) => stdout.add(chunk));

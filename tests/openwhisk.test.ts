@@ -2,7 +2,7 @@
 
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync, realpathSync, statSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
@@ -430,6 +430,13 @@ describe('run', { concurrency: true }, () => {
 });
 
 describe('HTTP', { concurrency: true }, () => {
+  test('a relative PROXY_ACTION_DIR is the folder under the working directory, for init and run', () =>
+    withProxy({ relativeActionDir: true }, async (proxy) => {
+      assert.deepEqual((await proxy.post('/run', { value: {} })).json(), STUB_RESULT);
+      assert.equal((await initScript(proxy, '#!/bin/sh\necho "{\\"pwd\\":\\"$(pwd)\\"}"\n')).status, 200);
+      assert.deepEqual((await proxy.post('/run', { value: {} })).json(), { pwd: realpathSync(proxy.dir) });
+    }));
+
   test('unknown paths → 404 JSON, wrong methods → 405 JSON with Allow, no sentinels', () =>
     withProxy({}, async (proxy) => {
       const notFound = await proxy.request('POST', '/nope', {});
