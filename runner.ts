@@ -84,7 +84,8 @@ export class ActionRunner {
     this.actionDir = resolve(options.actionDir);
     this.binary = join(this.actionDir, 'exec');
     this.logs = options.logs ?? { stdout: process.stdout, stderr: process.stderr };
-    this.zipLimits = options.zipLimits ?? {};
+    // A limit given as undefined means the default, not "no limit".
+    this.zipLimits = Object.fromEntries(Object.entries(options.zipLimits ?? {}).filter(([, limit]) => limit !== undefined));
     this.maxActivations = options.maxActivations ?? 0;
     const env: Record<string, string> = {};
     for (const [key, value] of Object.entries(options.env ?? process.env)) if (value !== undefined) env[key] = value;
