@@ -1,0 +1,390 @@
+// `npm run bench`: the proxy's speed and footprint against physical floors measured in the same run.
+//
+// This process is the client; the proxy and every floor run as child processes. Medians throughout.
+// Writes bench/results.json and bench/results.svg (shown in the README) and prints a table.
+//
+//   BENCH_QUICK=1 npm run bench    fewer repetitions, for a smoke run
+
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { Agent, request } from 'node:http';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const DIST = join(dirname(fileURLToPath(import.meta.url)), '..');
+const ROOT = join(DIST, '..');
+const PROXY = join(DIST, 'proxy.js');
+const STUB = join(ROOT, 'action', 'exec');
+const QUICK = process.env.BENCH_QUICK === '1';
+const REPEAT = QUICK ? 5 : 21;
+const WARM_RUNS = QUICK ? 200 : 1000;
+const THROUGHPUT_RUNS = QUICK ? 800 : 4000;
+const SOAK_RUNS = QUICK ? 2000 : 10_000;
+const CLIENTS = 8;
+const TRIVIAL = "#!/bin/sh\necho '{\"ok\":true}'\n";
+
+// Every measured Node process gets this environment: NODE_EXTRA_CA_CERTS costs start-up time on some
+// machines and is not set in containers.
+const ENV: NodeJS.ProcessEnv = { ...process.env };
+for (const key of ['NODE_EXTRA_CA_CERTS', 'NODE_OPTIONS']) delete ENV[key];
+
+const median = (values: number[]): number => percentile(values, 50);
+function percentile(values: number[], p: number): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
+}
+const now = (): number => Number(process.hrtime.bigint()) / 1e6;
+const round = (n: number, digits = 2): number => Number(n.toFixed(digits));
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer().listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      server.close(() => (typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+function post(port: number, path: string, body: string, agent: Agent | false): Promise<{ status: number; text: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request({ host: '127.0.0.1', port, path, method: 'POST', agent, headers: { 'Content-Length': Buffer.byteLength(body) } }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => (text += chunk));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, text }));
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+/** Retries until the server answers; resolves with the answer. */
+async function postWhenUp(port: number, path: string, body: string): Promise<{ status: number; text: string }> {
+  for (;;) {
+    try {
+      return await post(port, path, body, false);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ECONNREFUSED') throw error;
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+  }
+}
+
+interface Proxy {
+  port: number;
+  dir: string;
+  child: ChildProcess;
+  stop(): Promise<void>;
+}
+
+async function spawnProxy(extraEnv: NodeJS.ProcessEnv = {}, command: string[] = [process.execPath, PROXY]): Promise<Proxy> {
+  const port = await freePort();
+  const dir = mkdtempSync(join(tmpdir(), 'proxy-bench-'));
+  copyFileSync(STUB, join(dir, 'exec'));
+  const child = spawn(command[0]!, command.slice(1), {
+    env: { ...ENV, FLASK_PROXY_PORT: String(port), PROXY_ACTION_DIR: dir, ...extraEnv },
+    stdio: ['ignore', 'ignore', 'ignore'],
+  });
+  const exited = new Promise((resolve) => child.once('close', resolve));
+  return {
+    port,
+    dir,
+    child,
+    async stop() {
+      child.kill('SIGKILL');
+      await exited;
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+function initBody(code: string, binary = false): string {
+  return JSON.stringify({ value: { code, binary } });
+}
+
+async function ready(proxy: Proxy): Promise<void> {
+  await postWhenUp(proxy.port, '/nothing', '');
+}
+
+/** The floor of every start-up: `node -e 0`, spawn to exit. */
+async function nodeStartup(): Promise<number> {
+  const start = now();
+  await new Promise((resolve) => spawn(process.execPath, ['-e', '0'], { env: ENV, stdio: 'ignore' }).once('close', resolve));
+  return now() - start;
+}
+
+async function readyTime(): Promise<number> {
+  const start = now();
+  const proxy = await spawnProxy();
+  await ready(proxy);
+  const elapsed = now() - start;
+  await proxy.stop();
+  return elapsed;
+}
+
+async function coldTime(): Promise<number> {
+  const start = now();
+  const proxy = await spawnProxy();
+  const init = await postWhenUp(proxy.port, '/init', initBody(TRIVIAL));
+  const run = await post(proxy.port, '/run', '{"value":{}}', false);
+  const elapsed = now() - start;
+  if (init.status !== 200 || run.status !== 200) throw new Error(`cold start failed: ${init.status} ${run.status}`);
+  await proxy.stop();
+  return elapsed;
+}
+
+/** The action spawned straight from Node as the runner does it: argv, stdin, piped output, no HTTP. */
+function directSpawn(exec: string, cwd: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const input = '{}';
+    const child = spawn(exec, [input], { cwd, env: ENV, stdio: 'pipe' });
+    child.stdin.on('error', () => {});
+    child.stdin.end(input);
+    child.stdout.on('data', () => {});
+    child.stderr.on('data', () => {});
+    child.on('error', reject);
+    child.on('close', () => resolve());
+  });
+}
+
+async function timed(times: number, once: () => Promise<unknown>): Promise<number[]> {
+  const samples: number[] = [];
+  for (let i = 0; i < times; i++) {
+    const start = now();
+    await once();
+    samples.push(now() - start);
+  }
+  return samples;
+}
+
+/** Runs `total` calls of `once` from `clients` concurrent loops; answers calls per second. */
+async function rate(total: number, clients: number, once: () => Promise<unknown>): Promise<number> {
+  let left = total;
+  const start = now();
+  await Promise.all(
+    Array.from({ length: clients }, async () => {
+      while (left-- > 0) await once();
+    }),
+  );
+  return (total / (now() - start)) * 1000;
+}
+
+function rss(pid: number): number {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  return Number(/VmRSS:\s+(\d+) kB/.exec(status)![1]) * 1024;
+}
+
+async function settle(): Promise<void> {
+  await new Promise((resolve) => setTimeout(resolve, 500));
+}
+
+/** ~2000 files, ~40 MB: text, random (incompressible) data, nested folders, an exec. */
+function makeBigArchive(dir: string): string {
+  const source = join(dir, 'source');
+  const words = 'the quick brown fox jumps over the lazy dog activation sentinel central directory '.split(' ');
+  for (let i = 0; i < 2000; i++) {
+    const folder = join(source, `pkg${i % 40}`, `mod${i % 7}`);
+    mkdirSync(folder, { recursive: true });
+    let contents: Buffer;
+    if (i % 4 === 0) contents = randomBytes(40_000 + (i % 10) * 1000);
+    else {
+      const size = 10_000 + (i % 13) * 1000;
+      const text: string[] = [];
+      for (let length = 0; length < size; ) {
+        const word = words[(i * 7 + length) % words.length]!;
+        text.push(word);
+        length += word.length + 1;
+      }
+      contents = Buffer.from(text.join(' '));
+    }
+    writeFileSync(join(folder, `file${i}.${i % 4 === 0 ? 'bin' : 'txt'}`), contents);
+  }
+  writeFileSync(join(source, 'exec'), TRIVIAL, { mode: 0o755 });
+  const archive = join(dir, 'big.zip');
+  execFileSync('zip', ['-q', '-r', archive, '.'], { cwd: source });
+  rmSync(source, { recursive: true });
+  return archive;
+}
+
+function treeBytes(dir: string): number {
+  let total = 0;
+  for (const name of readdirSync(dir, { recursive: true }) as string[]) {
+    const stats = statSync(join(dir, name));
+    if (stats.isFile()) total += stats.size;
+  }
+  return total;
+}
+
+interface Row {
+  metric: string;
+  value: number;
+  unit: string;
+  floor: number;
+  floorName: string;
+  /** value / floor. */
+  ratio: number;
+  /** The target ratio: at most this, or at least it when `higherIsBetter`. */
+  limit?: number;
+  higherIsBetter?: boolean;
+}
+
+function target(row: Row): string {
+  return row.limit === undefined ? '' : `${row.higherIsBetter ? '≥' : '≤'} ${round(row.limit)}x`;
+}
+
+function met(row: Row): boolean | undefined {
+  if (row.limit === undefined) return undefined;
+  return row.higherIsBetter ? row.ratio >= row.limit : row.ratio <= row.limit;
+}
+
+async function main(): Promise<void> {
+  const rows: Row[] = [];
+  const add = (row: Omit<Row, 'ratio'>): void => {
+    const full: Row = { ...row, value: round(row.value), floor: round(row.floor), ratio: round(row.value / row.floor) };
+    rows.push(full);
+    console.error(`${full.metric}: ${full.value} ${full.unit} (floor ${full.floor}, ${full.ratio}x, target ${target(full) || 'none'})`);
+  };
+
+  // Start-up: interleaved so that machine noise hits all three alike.
+  const node: number[] = [];
+  const readySamples: number[] = [];
+  const cold: number[] = [];
+  for (let i = 0; i < REPEAT; i++) {
+    node.push(await nodeStartup());
+    readySamples.push(await readyTime());
+    cold.push(await coldTime());
+  }
+  add({ metric: 'cold start (spawn → init → first run)', value: median(cold), unit: 'ms', floor: median(node), floorName: 'node -e 0', limit: 1.5 });
+  add({ metric: 'ready (spawn → first HTTP answer)', value: median(readySamples), unit: 'ms', floor: median(node), floorName: 'node -e 0', limit: 1.3 });
+
+  // Warm runs, throughput and memory against one proxy with the trivial action.
+  const proxy = await spawnProxy();
+  await ready(proxy);
+  await post(proxy.port, '/init', initBody(TRIVIAL), false);
+  await settle();
+  const idleRss = rss(proxy.child.pid!);
+  const keepAlive = new Agent({ keepAlive: true, maxSockets: CLIENTS });
+  const run = (agent: Agent | false) => () => post(proxy.port, '/run', '{"value":{}}', agent);
+  const exec = join(proxy.dir, 'exec');
+  const direct = () => directSpawn(exec, proxy.dir);
+  await timed(50, run(keepAlive)); // warm-up
+  await timed(50, direct);
+  const warmKeepAlive: number[] = [];
+  const warmNew: number[] = [];
+  const warmDirect: number[] = [];
+  for (let i = 0; i < WARM_RUNS; i++) {
+    warmKeepAlive.push(...(await timed(1, run(keepAlive))));
+    warmNew.push(...(await timed(1, run(false))));
+    warmDirect.push(...(await timed(1, direct)));
+  }
+  add({ metric: 'warm /run p50, keep-alive', value: median(warmKeepAlive), unit: 'ms', floor: median(warmDirect), floorName: 'direct spawn p50', limit: 1.25 });
+  add({ metric: 'warm /run p99, keep-alive', value: percentile(warmKeepAlive, 99), unit: 'ms', floor: percentile(warmDirect, 99), floorName: 'direct spawn p99' });
+  add({ metric: 'warm /run p50, new connection', value: median(warmNew), unit: 'ms', floor: median(warmDirect), floorName: 'direct spawn p50' });
+  add({ metric: 'warm /run p99, new connection', value: percentile(warmNew, 99), unit: 'ms', floor: percentile(warmDirect, 99), floorName: 'direct spawn p99' });
+
+  const throughput: number[] = [];
+  const throughputFloor: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    throughput.push(await rate(THROUGHPUT_RUNS, CLIENTS, run(keepAlive)));
+    throughputFloor.push(await rate(THROUGHPUT_RUNS, CLIENTS, direct));
+  }
+  add({ metric: `throughput, ${CLIENTS} keep-alive clients`, value: median(throughput), unit: 'runs/s', floor: median(throughputFloor), floorName: `${CLIENTS} parallel direct spawns`, limit: 0.8, higherIsBetter: true });
+
+  // Memory: idle after init against a bare node:http server; then after many activations.
+  const bare = await spawnProxy({}, [process.execPath, '-e', "require('http').createServer((q,s)=>s.end('{}')).listen(process.env.FLASK_PROXY_PORT)"]);
+  await postWhenUp(bare.port, '/', '');
+  await settle();
+  const bareRss = rss(bare.child.pid!);
+  await bare.stop();
+  add({ metric: 'RSS idle after init', value: idleRss / 2 ** 20, unit: 'MiB', floor: bareRss / 2 ** 20, floorName: 'bare node:http server', limit: 1.15 });
+  await rate(SOAK_RUNS, CLIENTS, run(keepAlive));
+  await settle();
+  const soakRss = rss(proxy.child.pid!);
+  add({ metric: `RSS after ${SOAK_RUNS} activations`, value: soakRss / 2 ** 20, unit: 'MiB', floor: idleRss / 2 ** 20, floorName: 'RSS idle after init', limit: (idleRss + 2 ** 21) / idleRss });
+  keepAlive.destroy();
+  await proxy.stop();
+
+  // ZIP: the whole /init against `unzip -q` of the same archive.
+  const work = mkdtempSync(join(tmpdir(), 'proxy-bench-zip-'));
+  try {
+    const archive = makeBigArchive(work);
+    const bytes = readFileSync(archive);
+    const body = initBody(bytes.toString('base64'), true);
+    const unzip: number[] = [];
+    const init: number[] = [];
+    let extracted = 0;
+    for (let i = 0; i < (QUICK ? 3 : 7); i++) {
+      const unzipped = join(work, `unzip${i}`);
+      const start = now();
+      execFileSync("unzip", ["-q", archive, "-d", unzipped]);
+      unzip.push(now() - start);
+      extracted = treeBytes(unzipped);
+      rmSync(unzipped, { recursive: true });
+
+      const zipProxy = await spawnProxy();
+      await ready(zipProxy);
+      const begin = now();
+      const answer = await post(zipProxy.port, '/init', body, false);
+      init.push(now() - begin);
+      if (answer.status !== 200) throw new Error(`zip init failed: ${answer.text}`);
+      await zipProxy.stop();
+    }
+    console.error(`zip archive: ${bytes.length} bytes, ${extracted} bytes extracted`);
+    add({ metric: `/init of a ${(bytes.length / 2 ** 20).toFixed(0)} MiB, 2001-file zip`, value: median(init), unit: 'ms', floor: median(unzip), floorName: 'unzip -q', limit: 1 });
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+  }
+
+  // Size: what the proxy adds to its base image.
+  const shipped = ['proxy.js', 'runner.js', 'zip.js', ...readdirSync(join(DIST, 'platforms')).filter((f) => f.endsWith('.js')).map((f) => `platforms/${f}`)];
+  const proxyBytes = shipped.reduce((sum, file) => sum + statSync(join(DIST, file)).size, 0) + statSync(STUB).size;
+  const nodeBytes = statSync(process.execPath).size;
+  add({ metric: 'bytes added to the base image (JS + stub)', value: proxyBytes / 1024, unit: 'KiB', floor: nodeBytes / 1024, floorName: 'the node binary' });
+
+  const results = { date: new Date().toISOString(), node: process.version, quick: QUICK, rows };
+  writeFileSync(join(ROOT, 'bench', 'results.json'), `${JSON.stringify(results, null, 2)}\n`);
+  writeFileSync(join(ROOT, 'bench', 'results.svg'), chart(rows));
+  console.log(table(rows));
+}
+
+function table(rows: Row[]): string {
+  const lines = ['| Metric | Proxy | Floor | Ratio | Target |', '| --- | --- | --- | --- | --- |'];
+  for (const row of rows) {
+    const verdict = met(row) === undefined ? '' : met(row) ? ' (met)' : ' (missed)';
+    lines.push(`| ${row.metric} | ${row.value} ${row.unit} | ${row.floor} ${row.unit} (${row.floorName}) | ${row.ratio}x | ${target(row)}${verdict} |`);
+  }
+  return lines.join('\n');
+}
+
+/** A bar per metric: the ratio to its floor, with the floor (1x) marked. */
+function chart(rows: Row[]): string {
+  const shown = rows.filter((row) => row.unit !== 'KiB');
+  const width = 760;
+  const barHeight = 22;
+  const left = 330;
+  const scale = (width - left - 60) / Math.max(2, ...shown.map((row) => row.ratio));
+  const escape = (text: string): string => text.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
+  const height = shown.length * (barHeight + 8) + 40;
+  const bars = shown.map((row, i) => {
+    const y = 30 + i * (barHeight + 8);
+    const good = met(row) !== false;
+    return [
+      `<text x="${left - 8}" y="${y + 15}" text-anchor="end">${escape(row.metric)}</text>`,
+      `<rect x="${left}" y="${y}" width="${round(row.ratio * scale)}" height="${barHeight}" fill="${good ? '#4c9a5a' : '#c0803a'}"/>`,
+      `<text x="${left + row.ratio * scale + 6}" y="${y + 15}">${row.ratio}x</text>`,
+    ].join('');
+  });
+  return [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="12">`,
+    `<text x="${left}" y="18">ratio to the floor measured in the same run (1x = floor)</text>`,
+    ...bars,
+    `<line x1="${left + scale}" y1="24" x2="${left + scale}" y2="${height - 6}" stroke="#333" stroke-dasharray="4 3"/>`,
+    '</svg>',
+    '',
+  ].join('\n');
+}
+
+await main();
