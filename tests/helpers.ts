@@ -186,7 +186,9 @@ export function request(
 ): Promise<Response> {
   const payload = body === undefined ? undefined : typeof body === 'string' || Buffer.isBuffer(body) ? body : JSON.stringify(body);
   return new Promise((resolve, reject) => {
-    const req = httpRequest({ host: '127.0.0.1', port, method, path, headers, agent: false }, (res) => {
+    // An explicit length: Node sends GET, DELETE and OPTIONS bodies without one otherwise.
+    const length = payload === undefined ? {} : { 'Content-Length': String(Buffer.byteLength(payload)) };
+    const req = httpRequest({ host: '127.0.0.1', port, method, path, headers: { ...length, ...headers }, agent: false }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (chunk: Buffer) => chunks.push(chunk));
       res.on('end', () => {
