@@ -6,8 +6,12 @@
 
 import { createServer, type IncomingMessage, type OutgoingHttpHeaders, type Server, type ServerResponse } from 'node:http';
 import { realpathSync } from 'node:fs';
+import { isatty } from 'node:tty';
 import { fileURLToPath } from 'node:url';
 import { ActionRunner, MESSAGES, ProxyError, isObject, type InitValue } from './runner.ts';
+
+// What a runtime built on the proxy needs, from one module (the bundle the image ships is one file).
+export { ActionRunner, ProxyError, type InitValue, type RunnerOptions } from './runner.ts';
 import type { ZipLimits } from './zip.ts';
 
 /** Ends each activation's logs on stdout and on stderr, so the invoker knows where they end. */
@@ -265,13 +269,17 @@ export async function start(options: StartOptions = {}): Promise<Server> {
       resolve();
     });
   });
-  if (process.stdout.isTTY) {
+  // isatty, not process.stdout.isTTY: creating the stdout stream costs start-up time.
+  if (isatty(1)) {
     process.stdout.write(`Action proxy (${config.platform}) listening on http://0.0.0.0:${config.port}, action directory ${config.actionDir}\n`);
   }
   return server;
 }
 
+/** Whether this file is the program (`node dist/proxy.cjs` or `node dist/proxy.js`), not a library import. */
 function isMain(): boolean {
+  // The CommonJS bundle the image runs: CommonJS knows its main module.
+  if (typeof module !== 'undefined' && typeof require !== 'undefined') return require.main === module;
   try {
     return process.argv[1] !== undefined && realpathSync(process.argv[1]) === fileURLToPath(import.meta.url);
   } catch {

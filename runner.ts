@@ -70,7 +70,7 @@ export class ActionRunner {
   readonly actionDir: string;
   readonly binary: string;
   initialized = false;
-  protected readonly logs: { stdout: Writable; stderr: Writable };
+  private readonly customLogs: { stdout: Writable; stderr: Writable } | undefined;
   protected readonly zipLimits: Partial<ZipLimits>;
   /** The proxy's environment, then the init `env`: what each activation starts from. */
   protected baseEnv: Record<string, string>;
@@ -83,7 +83,7 @@ export class ActionRunner {
     // Absolute, because the action runs with the action directory as its working directory.
     this.actionDir = resolve(options.actionDir);
     this.binary = join(this.actionDir, 'exec');
-    this.logs = options.logs ?? { stdout: process.stdout, stderr: process.stderr };
+    this.customLogs = options.logs;
     // A limit given as undefined means the default, not "no limit".
     this.zipLimits = Object.fromEntries(Object.entries(options.zipLimits ?? {}).filter(([, limit]) => limit !== undefined));
     this.maxActivations = options.maxActivations ?? 0;
@@ -91,6 +91,12 @@ export class ActionRunner {
     for (const [key, value] of Object.entries(options.env ?? process.env)) if (value !== undefined) env[key] = value;
     this.initialEnv = env;
     this.baseEnv = env;
+  }
+
+  /** Where the action's output goes. The proxy's own streams are looked up only when first written:
+   * creating them costs start-up time. */
+  protected get logs(): { stdout: Writable; stderr: Writable } {
+    return this.customLogs ?? { stdout: process.stdout, stderr: process.stderr };
   }
 
   /**

@@ -7,9 +7,9 @@
 // lengths of their own name and extra fields, which tools are free to make differ.
 
 import { isUtf8 } from 'node:buffer';
-import { promises as fs } from 'node:fs';
+import { chmodSync, closeSync, fchmodSync, mkdirSync, openSync, symlinkSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { crc32, inflateRaw } from 'node:zlib';
+import { crc32, inflateRawSync } from 'node:zlib';
 
 const END_SIGNATURE = 0x06054b50;
 const END_LEN = 22; // + comment
@@ -44,9 +44,8 @@ const SATURATED_32 = 0xffffffff;
 // Linux PATH_MAX: no link target (or name) can be longer and still be usable.
 const PATH_MAX = 4096;
 
-// How many entries are inflated and written at once: enough to keep libuv's thread pool
-// (4 threads by default) busy with inflating and writing while this thread checks CRCs.
-const PARALLEL_ENTRIES = 8;
+// How much extraction writes between two turns of the event loop.
+const YIELD_EVERY_BYTES = 8 * 1024 * 1024;
 
 export type ZipErrorCode = 'format' | 'checksum' | 'unsupported' | 'insecure' | 'too-large';
 
@@ -376,25 +375,22 @@ function entryData(archive: Buffer, entry: ZipEntry, directoryOffset: number): B
   return c.bytes(entry.compressedSize, `the data of '${entry.rawName}'`);
 }
 
-function inflate(data: Buffer, entry: ZipEntry): Promise<Buffer> {
+function inflate(data: Buffer, entry: ZipEntry): Buffer {
   if (entry.method === METHOD_STORED) {
     if (entry.compressedSize !== entry.size) {
-      return Promise.reject(new ZipError('format', `entry '${entry.rawName}' is stored with ${entry.compressedSize} bytes but declares ${entry.size}`));
+      throw new ZipError('format', `entry '${entry.rawName}' is stored with ${entry.compressedSize} bytes but declares ${entry.size}`);
     }
-    return Promise.resolve(data);
+    return data;
   }
-  return new Promise((resolve, reject) => {
+  try {
     // maxOutputLength stops a bomb at the declared size instead of after filling memory.
-    inflateRaw(data, { maxOutputLength: Math.max(entry.size, 1) }, (error, out) => {
-      if ((error as NodeJS.ErrnoException | null)?.code === 'ERR_BUFFER_TOO_LARGE') {
-        reject(new ZipError('format', `entry '${entry.rawName}' inflates past its declared ${entry.size} bytes`));
-      } else if (error) {
-        reject(new ZipError('format', `entry '${entry.rawName}' does not inflate: ${error.message}`));
-      } else {
-        resolve(out);
-      }
-    });
-  });
+    return inflateRawSync(data, { maxOutputLength: Math.max(entry.size, 1) });
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE') {
+      throw new ZipError('format', `entry '${entry.rawName}' inflates past its declared ${entry.size} bytes`);
+    }
+    throw new ZipError('format', `entry '${entry.rawName}' does not inflate: ${(error as Error).message}`);
+  }
 }
 
 function checkContents(contents: Buffer, entry: ZipEntry): void {
@@ -412,16 +408,20 @@ function hex(n: number): string {
 }
 
 /** Decodes and checks one entry's contents: the file bytes, or a link's target. */
-async function readEntry(archive: Buffer, entry: ZipEntry, directoryOffset: number): Promise<Buffer> {
-  const contents = await inflate(entryData(archive, entry, directoryOffset), entry);
+function readEntry(archive: Buffer, entry: ZipEntry, directoryOffset: number): Buffer {
+  const contents = inflate(entryData(archive, entry, directoryOffset), entry);
   checkContents(contents, entry);
   return contents;
 }
 
 /**
- * Extracts the archive into `dir` (an empty folder). Folders first, then files (several at once),
- * then links, so no entry is ever written through a link. On error, stops at the first one and throws
- * it; the caller owns `dir` and removes it.
+ * Extracts the archive into `dir` (an empty folder). Folders first, then files, then links, so no entry
+ * is ever written through a link. On error, stops at the first one and throws it; the caller owns `dir`
+ * and removes it.
+ *
+ * The work is synchronous (inflate, write), as `unzip` does it: for thousands of small files the thread
+ * pool's round trips cost more than the work (measured: 150 ms async against 88 ms sync for 2000 files,
+ * 46 MB, on tmpfs). It yields to the event loop every few megabytes so running activations still flow.
  */
 export async function extract(archive: Buffer, dir: string, limits: ZipLimits = DEFAULT_ZIP_LIMITS): Promise<void> {
   const { offset: directoryOffset, entries } = readCentralDirectory(archive, limits);
@@ -436,37 +436,34 @@ export async function extract(archive: Buffer, dir: string, limits: ZipLimits = 
   }
   folders.delete('');
   // Created writable now; their own modes are set after the files are in (a 0555 folder is common).
-  for (const folder of [...folders.keys()].sort()) await fs.mkdir(join(dir, folder), { recursive: true });
+  for (const folder of [...folders.keys()].sort()) mkdirSync(join(dir, folder), { recursive: true });
 
-  const files = entries.filter((entry) => entry.kind === 'file');
-  let next = 0;
-  let failed = false;
-  const worker = async (): Promise<void> => {
-    while (!failed && next < files.length) {
-      const entry = files[next++]!;
-      try {
-        const contents = await readEntry(archive, entry, directoryOffset);
-        const path = join(dir, entry.path);
-        await fs.writeFile(path, contents, { flag: 'wx', mode: entry.mode });
-        await fs.chmod(path, entry.mode); // exact modes, whatever the umask
-      } catch (error) {
-        failed = true;
-        throw error;
-      }
+  let sinceYield = 0;
+  for (const entry of entries) {
+    if (entry.kind !== 'file') continue;
+    const contents = readEntry(archive, entry, directoryOffset);
+    const fd = openSync(join(dir, entry.path), 'wx', entry.mode);
+    try {
+      for (let written = 0; written < contents.length; ) written += writeSync(fd, contents, written);
+      fchmodSync(fd, entry.mode); // exact modes, whatever the umask
+    } finally {
+      closeSync(fd);
     }
-  };
-  const workers = Array.from({ length: Math.min(PARALLEL_ENTRIES, files.length) }, worker);
-  const failure = (await Promise.allSettled(workers)).find((r) => r.status === 'rejected');
-  if (failure) throw failure.reason;
+    sinceYield += contents.length + 4096;
+    if (sinceYield > YIELD_EVERY_BYTES) {
+      sinceYield = 0;
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+  }
 
   for (const entry of entries) {
     if (entry.kind !== 'symlink') continue;
-    const target = await readEntry(archive, entry, directoryOffset);
+    const target = readEntry(archive, entry, directoryOffset);
     const reason = validateLinkTarget(target);
     if (reason) throw new ZipError('insecure', `entry '${entry.rawName}' ${reason}`);
-    await fs.symlink(target.toString('utf8'), join(dir, entry.path));
+    symlinkSync(target.toString('utf8'), join(dir, entry.path));
   }
   // Deepest first: a child's path is always longer than its parent's.
   const deepestFirst = [...folders].sort(([a], [b]) => b.length - a.length);
-  for (const [folder, mode] of deepestFirst) await fs.chmod(join(dir, folder), mode);
+  for (const [folder, mode] of deepestFirst) chmodSync(join(dir, folder), mode);
 }

@@ -12,7 +12,8 @@ import { fileURLToPath } from 'node:url';
 /** The compiled repository root (tests run from dist/tests). */
 export const DIST = join(dirname(fileURLToPath(import.meta.url)), '..');
 export const ROOT = join(DIST, '..');
-export const PROXY = join(DIST, 'proxy.js');
+// The single-file bundle: what npm start and the image run.
+export const PROXY = join(DIST, 'proxy.cjs');
 export const STUB = join(ROOT, 'action', 'exec');
 export const SENTINEL = 'XXX_THE_END_OF_A_WHISK_ACTIVATION_XXX\n';
 
@@ -60,7 +61,7 @@ export class Log {
     return this.text.replaceAll(SENTINEL, '');
   }
   /** Resolves once `n` sentinels have arrived; rejects after `ms`. */
-  async untilSentinels(n: number, ms = 10_000): Promise<void> {
+  async untilSentinels(n: number, ms = 30_000): Promise<void> {
     const deadline = Date.now() + ms;
     while (this.sentinels < n) {
       if (Date.now() > deadline) throw new Error(`expected ${n} sentinels, saw ${this.sentinels}; log so far:\n${this.text.slice(-2000)}`);

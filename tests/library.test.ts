@@ -11,8 +11,7 @@ import { DIST, initScript, withProxy, withTempDir, zipBase64 } from './helpers.t
 const RUNTIME = `
 import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
-import { start } from '${join(DIST, 'proxy.js')}';
-import { ActionRunner } from '${join(DIST, 'runner.js')}';
+import { ActionRunner, start } from '${join(DIST, 'proxy.cjs')}';
 
 class ShellBodyRunner extends ActionRunner {
   async build(value) {
