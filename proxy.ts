@@ -5,6 +5,7 @@
 // re-init is allowed, the log sentinels, and the translation of errors into a status and a fixed text.
 
 import { createServer, type IncomingMessage, type OutgoingHttpHeaders, type Server, type ServerResponse } from 'node:http';
+import { isAscii } from 'node:buffer';
 import { realpathSync } from 'node:fs';
 import { isatty } from 'node:tty';
 import { fileURLToPath } from 'node:url';
@@ -192,7 +193,8 @@ export function readBody(req: IncomingMessage): Promise<Buffer> {
 export function parseJson(body: Buffer): unknown {
   if (body.length === 0) return undefined;
   try {
-    return JSON.parse(body.toString('utf8'));
+    // An ASCII body (base64 code is) decodes faster as latin1, to the same string.
+    return JSON.parse(isAscii(body) ? body.toString('latin1') : body.toString('utf8'));
   } catch (error) {
     throw new ProxyError(400, `The request body is not valid JSON: ${(error as Error).message}`);
   }

@@ -5,7 +5,7 @@
 // this class or pass options to it; see "Extending the runner" in the README.
 
 import { spawn } from 'node:child_process';
-import { constants, promises as fs, accessSync, statSync, type Stats } from 'node:fs';
+import { constants, promises as fs, accessSync, lstatSync, readdirSync, renameSync, statSync, type Stats } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import type { ZipLimits } from './zip.ts';
@@ -178,18 +178,21 @@ export class ActionRunner {
     await fs.rm(swap.backup, { recursive: true, force: true });
   }
 
-  /** Moves each top-level entry of `staging` into the action directory, the old one of that name aside. */
+  /**
+   * Moves each top-level entry of `staging` into the action directory, the old one of that name aside.
+   * Renames are metadata operations of microseconds: done synchronously, the swap has no gap in which
+   * an activation could start between two of them.
+   */
   private async swapIn(staging: string): Promise<Swap> {
     const swap: Swap = { backup: await fs.mkdtemp(join(this.actionDir, '.proxy-previous-')), placed: [], replaced: [] };
     try {
-      for (const name of await fs.readdir(staging)) {
-        try {
-          await fs.rename(join(this.actionDir, name), join(swap.backup, name));
+      for (const name of readdirSync(staging)) {
+        const live = join(this.actionDir, name);
+        if (lstatSync(live, { throwIfNoEntry: false })) {
+          renameSync(live, join(swap.backup, name));
           swap.replaced.push(name);
-        } catch (error) {
-          if (!isErrno(error, 'ENOENT')) throw error;
         }
-        await fs.rename(join(staging, name), join(this.actionDir, name));
+        renameSync(join(staging, name), live);
         swap.placed.push(name);
       }
     } catch (error) {
@@ -203,7 +206,7 @@ export class ActionRunner {
 
   private async swapBack(swap: Swap): Promise<void> {
     for (const name of swap.placed) await fs.rm(join(this.actionDir, name), { recursive: true, force: true });
-    for (const name of swap.replaced) await fs.rename(join(swap.backup, name), join(this.actionDir, name));
+    for (const name of swap.replaced) renameSync(join(swap.backup, name), join(this.actionDir, name));
     await fs.rm(swap.backup, { recursive: true, force: true });
   }
 

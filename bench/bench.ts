@@ -54,7 +54,7 @@ function freePort(): Promise<number> {
   });
 }
 
-function post(port: number, path: string, body: string, agent: Agent | false): Promise<{ status: number; text: string }> {
+function post(port: number, path: string, body: string | Buffer, agent: Agent | false): Promise<{ status: number; text: string }> {
   return new Promise((resolve, reject) => {
     const req = request({ host: '127.0.0.1', port, path, method: 'POST', agent, headers: { 'Content-Length': Buffer.byteLength(body) } }, (res) => {
       let text = '';
@@ -322,7 +322,8 @@ async function main(): Promise<void> {
   try {
     const archive = makeBigArchive(work);
     const bytes = readFileSync(archive);
-    const body = initBody(bytes.toString('base64'), true);
+    // Encoded once here: the client's own string encoding is not the proxy's time.
+    const body = Buffer.from(initBody(bytes.toString('base64'), true));
     const unzip: number[] = [];
     const init: number[] = [];
     let extracted = 0;
