@@ -5,7 +5,7 @@
 // this class or pass options to it; see "Extending the runner" in the README.
 
 import { spawn } from 'node:child_process';
-import { constants, promises as fs, accessSync, lstatSync, readdirSync, renameSync, statSync, type Stats } from 'node:fs';
+import { constants, accessSync, chmodSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync, statSync, writeFileSync, type Stats } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import type { ZipLimits } from './zip.ts';
@@ -145,8 +145,10 @@ export class ActionRunner {
   }
 
   private async install(code: string, binary: boolean, value: InitValue): Promise<void> {
-    await fs.mkdir(this.actionDir, { recursive: true });
-    const staging = await fs.mkdtemp(join(this.actionDir, '.proxy-init-'));
+    // Synchronous file operations: an init's are few and small (an archive's writes are zip.ts's), and
+    // the first use of fs.promises costs a cold proxy milliseconds of module loading.
+    mkdirSync(this.actionDir, { recursive: true });
+    const staging = mkdtempSync(join(this.actionDir, '.proxy-init-'));
     try {
       if (binary) {
         const { extract, DEFAULT_ZIP_LIMITS } = await import('./zip.ts');
@@ -156,14 +158,14 @@ export class ActionRunner {
           throw error;
         });
       } else {
-        await fs.writeFile(join(staging, 'exec'), code, { mode: 0o755 });
+        writeFileSync(join(staging, 'exec'), code, { mode: 0o755 });
       }
-      await makeExecutable(join(staging, 'exec'));
+      makeExecutable(join(staging, 'exec'));
     } catch (error) {
-      await fs.rm(staging, { recursive: true, force: true });
+      rmSync(staging, { recursive: true, force: true });
       throw error;
     }
-    const swap = await this.swapIn(staging);
+    const swap = this.swapIn(staging);
     try {
       await this.build(value);
       // Without a build step an archive must bring its own `exec` (else the stub would quietly stay);
@@ -172,19 +174,18 @@ export class ActionRunner {
       if (binary && !hasBuildStep && !swap.placed.includes('exec')) throw new Error("the archive has no 'exec' at its root");
       this.verifyOrThrow();
     } catch (error) {
-      await this.swapBack(swap);
+      this.swapBack(swap);
       throw error;
     }
-    await fs.rm(swap.backup, { recursive: true, force: true });
+    rmSync(swap.backup, { recursive: true, force: true });
   }
 
   /**
    * Moves each top-level entry of `staging` into the action directory, the old one of that name aside.
-   * Renames are metadata operations of microseconds: done synchronously, the swap has no gap in which
-   * an activation could start between two of them.
+   * Synchronous, so no activation can start in the middle of the swap.
    */
-  private async swapIn(staging: string): Promise<Swap> {
-    const swap: Swap = { backup: await fs.mkdtemp(join(this.actionDir, '.proxy-previous-')), placed: [], replaced: [] };
+  private swapIn(staging: string): Swap {
+    const swap: Swap = { backup: mkdtempSync(join(this.actionDir, '.proxy-previous-')), placed: [], replaced: [] };
     try {
       for (const name of readdirSync(staging)) {
         const live = join(this.actionDir, name);
@@ -196,18 +197,18 @@ export class ActionRunner {
         swap.placed.push(name);
       }
     } catch (error) {
-      await this.swapBack(swap);
+      this.swapBack(swap);
       throw error;
     } finally {
-      await fs.rm(staging, { recursive: true, force: true });
+      rmSync(staging, { recursive: true, force: true });
     }
     return swap;
   }
 
-  private async swapBack(swap: Swap): Promise<void> {
-    for (const name of swap.placed) await fs.rm(join(this.actionDir, name), { recursive: true, force: true });
+  private swapBack(swap: Swap): void {
+    for (const name of swap.placed) rmSync(join(this.actionDir, name), { recursive: true, force: true });
     for (const name of swap.replaced) renameSync(join(swap.backup, name), join(this.actionDir, name));
-    await fs.rm(swap.backup, { recursive: true, force: true });
+    rmSync(swap.backup, { recursive: true, force: true });
   }
 
   /**
@@ -296,20 +297,10 @@ interface Swap {
   replaced: string[];
 }
 
-function isErrno(error: unknown, code: string): boolean {
-  return error instanceof Error && (error as NodeJS.ErrnoException).code === code;
-}
-
 /** An `exec` that is there always ends up executable: 0755 when it lacks the owner's execute bit. */
-async function makeExecutable(path: string): Promise<void> {
-  let stats: Stats;
-  try {
-    stats = await fs.lstat(path);
-  } catch (error) {
-    if (isErrno(error, 'ENOENT')) return;
-    throw error;
-  }
-  if (stats.isFile() && (stats.mode & 0o100) === 0) await fs.chmod(path, 0o755);
+function makeExecutable(path: string): void {
+  const stats = lstatSync(path, { throwIfNoEntry: false });
+  if (stats?.isFile() && (stats.mode & 0o100) === 0) chmodSync(path, 0o755);
 }
 
 // Base64 as encoders write it, wrapped lines (`base64` wraps at 76) included.
