@@ -250,7 +250,8 @@ function met(row: Row): boolean | undefined {
 async function main(): Promise<void> {
   const rows: Row[] = [];
   const add = (row: Omit<Row, 'ratio'>): void => {
-    const full: Row = { ...row, value: round(row.value), floor: round(row.floor), ratio: round(row.value / row.floor) };
+    const ratio = row.value / row.floor;
+    const full: Row = { ...row, value: round(row.value), floor: round(row.floor), ratio: round(ratio, ratio < 0.01 ? 4 : 2) };
     rows.push(full);
     console.error(`${full.metric}: ${full.value} ${full.unit} (floor ${full.floor}, ${full.ratio}x, target ${target(full) || 'none'})`);
   };
