@@ -384,7 +384,10 @@ function inflate(data: Buffer, entry: ZipEntry): Buffer {
   }
   try {
     // maxOutputLength stops a bomb at the declared size instead of after filling memory.
-    return inflateRawSync(data, { maxOutputLength: Math.max(entry.size, 1) });
+    // One output chunk of the declared size (up to 16 MiB, which a lying size can't make us allocate
+    // in vain beyond): no growing and joining of 16 KiB chunks.
+    const chunkSize = Math.min(Math.max(entry.size, 64), 16 * 1024 * 1024);
+    return inflateRawSync(data, { maxOutputLength: Math.max(entry.size, 1), chunkSize });
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE') {
       throw new ZipError('format', `entry '${entry.rawName}' inflates past its declared ${entry.size} bytes`);
