@@ -2,9 +2,9 @@
 // and talk HTTP to it.
 
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { copyFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
-import { createServer, connect } from 'node:net';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -107,14 +107,17 @@ export interface ProxyOptions {
   relativeActionDir?: boolean;
 }
 
-/** Starts the proxy on a free port with a fresh action directory holding the stub. */
+/**
+ * Starts the proxy with a fresh action directory holding the stub. It listens on a port of the
+ * kernel's choosing (FLASK_PROXY_PORT=0), read back from /proc: choosing a free port here and handing
+ * it over would race with the other proxies the parallel tests start.
+ */
 export async function startProxy(options: ProxyOptions = {}): Promise<RunningProxy> {
-  const port = await freePort();
   const dir = mkdtempSync(join(tmpdir(), 'proxy-test-'));
   if (options.stub !== false) copyFileSync(STUB, join(dir, 'exec'));
   const env: Record<string, string | undefined> = {
     ...process.env,
-    FLASK_PROXY_PORT: String(port),
+    FLASK_PROXY_PORT: '0',
     PROXY_ACTION_DIR: options.relativeActionDir ? basename(dir) : dir,
     ...options.env,
   };
@@ -129,14 +132,14 @@ export async function startProxy(options: ProxyOptions = {}): Promise<RunningPro
     child.on('close', (code, signal) => resolve({ code, signal })),
   );
   const proxy: RunningProxy = {
-    port,
+    port: 0,
     dir,
     child,
     stdout,
     stderr,
     exited,
-    request: (method, path, body, headers) => request(port, method, path, body, headers),
-    post: (path, body) => request(port, 'POST', path, body),
+    request: (method, path, body, headers) => request(proxy.port, method, path, body, headers),
+    post: (path, body) => request(proxy.port, 'POST', path, body),
     async sentinels(n) {
       await stdout.untilSentinels(n);
       await stderr.untilSentinels(n);
@@ -149,7 +152,7 @@ export async function startProxy(options: ProxyOptions = {}): Promise<RunningPro
   };
   if (options.waitReady !== false) {
     try {
-      await waitForPort(port, exited);
+      proxy.port = await waitUntilListening(child.pid!, exited);
     } catch (error) {
       await proxy.stop();
       throw new Error(`${(error as Error).message}; stderr: ${stderr.text}`);
@@ -158,24 +161,39 @@ export async function startProxy(options: ProxyOptions = {}): Promise<RunningPro
   return proxy;
 }
 
-export async function waitForPort(port: number, exited?: Promise<unknown>, ms = 10_000): Promise<void> {
+/** The port a process listens on: its socket inodes, found in the kernel's TCP tables in LISTEN state. */
+function listeningPort(pid: number): number | undefined {
+  const inodes = new Set<string>();
+  try {
+    for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+      const link = readlinkSync(`/proc/${pid}/fd/${fd}`, { encoding: 'utf8' });
+      if (link.startsWith('socket:[')) inodes.add(link.slice(8, -1));
+    }
+  } catch {
+    return undefined; // gone, or a descriptor closed while being read: try again
+  }
+  for (const table of ['tcp6', 'tcp']) {
+    const lines = readFileSync(`/proc/${pid}/net/${table}`, 'utf8').split('\n').slice(1);
+    for (const line of lines) {
+      const fields = line.trim().split(/\s+/);
+      const LISTEN = '0A';
+      if (fields[3] === LISTEN && inodes.has(fields[9]!)) return parseInt(fields[1]!.split(':')[1]!, 16);
+    }
+  }
+  return undefined;
+}
+
+export async function waitUntilListening(pid: number, exited?: Promise<unknown>, ms = 10_000): Promise<number> {
   const deadline = Date.now() + ms;
   let gone = false;
   void exited?.then(() => (gone = true));
   while (Date.now() < deadline) {
     if (gone) throw new Error('the proxy exited before it listened');
-    const ok = await new Promise<boolean>((resolve) => {
-      const socket = connect(port, '127.0.0.1');
-      socket.once('connect', () => {
-        socket.destroy();
-        resolve(true);
-      });
-      socket.once('error', () => resolve(false));
-    });
-    if (ok) return;
-    await new Promise((resolve) => setTimeout(resolve, 10));
+    const port = listeningPort(pid);
+    if (port !== undefined) return port;
+    await new Promise((resolve) => setTimeout(resolve, 5));
   }
-  throw new Error(`nothing listens on port ${port} after ${ms} ms`);
+  throw new Error(`the proxy does not listen after ${ms} ms`);
 }
 
 export function request(

@@ -6,7 +6,7 @@ import { mkdirSync, readFileSync, readdirSync, realpathSync, statSync, writeFile
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
-import { SENTINEL, initScript, startProxy, withProxy, withTempDir, zipBase64 } from './helpers.ts';
+import { SENTINEL, freePort, initScript, startProxy, withProxy, withTempDir, zipBase64 } from './helpers.ts';
 
 const STUB_RESULT = { error: 'This is a stub action. Replace it with custom logic.' };
 const INIT_FAILED = { error: 'The action failed to generate or locate a binary. See logs for details.' };
@@ -503,16 +503,11 @@ describe('HTTP', { concurrency: true }, () => {
   });
 
   test('PORT wins over FLASK_PROXY_PORT (Knative sets PORT)', async () => {
-    const other = await startProxy({ waitReady: false, env: { PROXY_MAX_ACTIVATIONS: '0' } });
-    await other.stop();
-    const proxy = await startProxy({ env: { PORT: String(other.port), FLASK_PROXY_PORT: '1' }, waitReady: false });
-    try {
-      const { waitForPort, request } = await import('./helpers.ts');
-      await waitForPort(other.port, proxy.exited);
-      assert.deepEqual((await request(other.port, 'POST', '/run', { value: {} })).json(), STUB_RESULT);
-    } finally {
-      await proxy.stop();
-    }
+    const port = await freePort();
+    await withProxy({ env: { PORT: String(port), FLASK_PROXY_PORT: '1' } }, async (proxy) => {
+      assert.equal(proxy.port, port);
+      assert.deepEqual((await proxy.post('/run', { value: {} })).json(), STUB_RESULT);
+    });
   });
 
   test('SIGTERM while an activation runs: it finishes and answers, then the proxy exits 0', () =>
