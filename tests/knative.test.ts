@@ -1,10 +1,10 @@
 // The Knative platform (spec/knative.md), black-box against the real proxy process.
 
 import assert from 'node:assert/strict';
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
-import { startProxy, withProxy, withTempDir, zipBase64, type RunningProxy } from './helpers.ts';
+import { ROOT, startProxy, withProxy, withTempDir, zipBase64, type RunningProxy } from './helpers.ts';
 
 const STUB_RESULT = { error: 'This is a stub action. Replace it with custom logic.' };
 const CORS = {
@@ -72,6 +72,22 @@ describe('dedicated mode', { concurrency: true }, () => {
     } finally {
       await proxy.stop();
     }
+  });
+  test("the README's service.yaml: its environment runs as written", () => {
+    // The env entries of the manifest: `- name: X` then `value: ...` or `value: |` and an indented block.
+    const readme = readFileSync(join(ROOT, 'README.md'), 'utf8');
+    const yaml = readme.slice(readme.indexOf('kind: Service'), readme.indexOf('```', readme.indexOf('kind: Service')));
+    const env: Record<string, string> = {};
+    for (const match of yaml.matchAll(/- name: (\S+)\n\s+value: (?:\|\n((?:\s{16}.*\n)+)|(.*)\n)/g)) {
+      env[match[1]!] = match[2] !== undefined ? match[2].replace(/^ {16}/gm, '') : JSON.parse(match[3]!.startsWith('"') ? match[3]! : JSON.stringify(match[3]!));
+    }
+    assert.deepEqual(Object.keys(env), ['__OW_RUNTIME_PLATFORM', '__OW_ACTION_NAME', '__OW_HTTP_METHODS', '__OW_ACTION_CODE']);
+    return withProxy({ env }, async (proxy) => {
+      const res = await proxy.request('GET', '/any/path?name=you');
+      assert.equal(res.status, 200);
+      assert.equal(res.headers['content-type'], 'text/plain');
+      assert.equal(res.text, 'Hello from Knative');
+    });
   });
 });
 
