@@ -96,10 +96,6 @@ export interface RunMessage {
   fields: Record<string, unknown>;
 }
 
-export function isInitialized(): boolean {
-  return runner.initialized;
-}
-
 function writeSentinels(): void {
   process.stdout.write(LOG_SENTINEL);
   process.stderr.write(LOG_SENTINEL);

@@ -7,7 +7,7 @@
 
 import { isUtf8 } from 'node:buffer';
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
-import { activationFields, init, readBody, run, send, sendError, type RunMessage } from '../proxy.ts';
+import { activationFields, init, parseJson, readBody, run, send, sendError, type RunMessage } from '../proxy.ts';
 import { ProxyError, isObject, type InitValue } from '../runner.ts';
 
 const METHODS = ['GET', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS'] as const;
@@ -27,7 +27,7 @@ const state = {
 const isTrue = (text: string | undefined): boolean => text?.toLowerCase() === 'true';
 
 /** `[GET, POST]` or `GET,POST`, any case; unknown entries warned about and ignored; unset or empty: POST. */
-export function parseMethods(text: string | undefined): Set<string> {
+function parseMethods(text: string | undefined): Set<string> {
   const allowed = new Set<string>();
   const list = (text ?? '').trim().replace(/^\[/, '').replace(/\]$/, '');
   for (const entry of list.split(',').map((item) => item.trim())) {
@@ -56,15 +56,24 @@ export async function prepare(env: NodeJS.ProcessEnv = process.env): Promise<voi
 
 export async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
   const cors = corsHeaders(req);
+  try {
+    await respond(req, res, cors);
+  } catch (error) {
+    // What this platform answers carries the CORS headers, errors included; anything unexpected is
+    // proxy.ts's 500.
+    if (!(error instanceof ProxyError)) throw error;
+    sendError(res, error.status, error.message, cors);
+  }
+}
+
+async function respond(req: IncomingMessage, res: ServerResponse, cors: Record<string, string>): Promise<void> {
   const method = req.method ?? 'GET';
   if (!state.allowed.has(method)) {
     if (method === 'OPTIONS') return send(res, 200, '', cors);
     const allow = [...state.allowed].join(', ');
     return sendError(res, 405, `This action answers ${allow}, not ${method} (__OW_HTTP_METHODS).`, { ...cors, Allow: allow });
   }
-  const body = await readBody(req).catch((error: unknown) => error as ProxyError);
-  if (body instanceof ProxyError) return sendError(res, body.status, body.message, cors);
-
+  const body = await readBody(req);
   const url = new URL(req.url ?? '/', 'http://action');
   const web: WebFields = {
     __ow_method: method,
@@ -72,12 +81,11 @@ export async function handle(req: IncomingMessage, res: ServerResponse): Promise
     __ow_path: url.pathname === '/' ? '' : url.pathname,
   };
   const envelope = parseEnvelope(body, req.headers['content-type']);
-  if (envelope instanceof ProxyError) return sendError(res, envelope.status, envelope.message, cors);
 
   if (envelope && 'init' in envelope) {
-    if (state.dedicated) return sendError(res, 403, 'Cannot initialize a runtime with a dedicated function.', cors);
+    if (state.dedicated) throw new ProxyError(403, 'Cannot initialize a runtime with a dedicated function.');
     const outcome = await init(async () => initValue(envelope.init));
-    if (!outcome.ok) return sendError(res, outcome.status, outcome.error, cors);
+    if (!outcome.ok) throw new ProxyError(outcome.status, outcome.error);
     // Remembered only once the init succeeded: a failed init changes nothing.
     const { raw, name } = envelope.init as InitValue;
     state.raw = raw === true;
@@ -86,14 +94,8 @@ export async function handle(req: IncomingMessage, res: ServerResponse): Promise
   }
 
   const outcome = await run(async () => (envelope ? envelopeMessage(envelope, url, web) : webMessage(body, req.headers['content-type'], url, web)));
-  if (!outcome.ok) return sendError(res, outcome.status, outcome.error, cors);
-  let response: WebResponse;
-  try {
-    response = webResponse(outcome.result);
-  } catch (error) {
-    const failure = error as ProxyError;
-    return sendError(res, failure.status, failure.message, cors);
-  }
+  if (!outcome.ok) throw new ProxyError(outcome.status, outcome.error);
+  const response = webResponse(outcome.result);
   send(res, response.status, response.body, withDefaults(response.headers, cors));
 }
 
@@ -126,16 +128,15 @@ function isJsonType(contentType: string | undefined): boolean {
 
 /**
  * The body as an envelope (a JSON object with `init`, `activation` or `value` at its top level, whatever
- * its Content-Type), undefined for a web request, or a 400 for a body sent as JSON that doesn't parse.
+ * its Content-Type), or undefined for a web request. A body sent as JSON that doesn't parse is a 400.
  */
-function parseEnvelope(body: Buffer, contentType: string | undefined): Record<string, unknown> | ProxyError | undefined {
-  if (body.length === 0) return undefined;
+function parseEnvelope(body: Buffer, contentType: string | undefined): Record<string, unknown> | undefined {
   let parsed: unknown;
   try {
-    parsed = JSON.parse(body.toString('utf8'));
+    parsed = parseJson(body);
   } catch (error) {
-    if (isJsonType(contentType)) return new ProxyError(400, `The request body is not valid JSON: ${(error as Error).message}`);
-    return undefined;
+    if (isJsonType(contentType)) throw error;
+    return undefined; // text, a form, bytes: a web request
   }
   return isObject(parsed) && ENVELOPE_KEYS.some((key) => key in parsed) ? parsed : undefined;
 }
@@ -179,12 +180,7 @@ function bodyArguments(body: Buffer, contentType: string | undefined): Record<st
   const text = body.toString('utf8');
   const looksJson = isJsonType(contentType) || (/^application\/x-www-form-urlencoded\b/i.test(contentType ?? '') && /^\s*[[{]/.test(text));
   if (looksJson) {
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(text);
-    } catch (error) {
-      throw new ProxyError(400, `The request body is not valid JSON: ${(error as Error).message}`);
-    }
+    const parsed = parseJson(body);
     if (!isObject(parsed)) throw new ProxyError(400, NOT_A_DICTIONARY);
     return parsed;
   }
@@ -219,7 +215,7 @@ const BINARY_TYPE = /^(image\/|audio\/|video\/|application\/(octet-stream|pdf|zi
 const STRICT_BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
 
 /** The action's result as an HTTP response, by the web action rules; a result that can't be one is a 502. */
-export function webResponse(result: object): WebResponse {
+function webResponse(result: object): WebResponse {
   let status = 200;
   const headers: Record<string, string> = {};
   let body: unknown = result;
