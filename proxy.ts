@@ -10,10 +10,10 @@ import { realpathSync } from 'node:fs';
 import { isatty } from 'node:tty';
 import { fileURLToPath } from 'node:url';
 import { ActionRunner, MESSAGES, ProxyError, isObject, type InitValue } from './runner.ts';
+import type { ZipLimits } from './zip.ts';
 
 // What a runtime built on the proxy needs, from one module (the bundle the image ships is one file).
 export { ActionRunner, ProxyError, type InitValue, type RunnerOptions } from './runner.ts';
-import type { ZipLimits } from './zip.ts';
 
 /** Ends each activation's logs on stdout and on stderr, so the invoker knows where they end. */
 export const LOG_SENTINEL = 'XXX_THE_END_OF_A_WHISK_ACTIVATION_XXX\n';

@@ -147,7 +147,8 @@ interface Directory {
 
 /** Finds the end of central directory record, scanning back over an archive comment of up to 64 KiB. */
 function findEndOfCentralDirectory(archive: Buffer): number {
-  const signature = Buffer.from([0x50, 0x4b, 0x05, 0x06]);
+  const signature = Buffer.alloc(4);
+  signature.writeUInt32LE(END_SIGNATURE);
   const stop = Math.max(0, archive.length - END_LEN - MAX_COMMENT_LEN);
   let at = archive.length - END_LEN;
   while (at >= stop) {

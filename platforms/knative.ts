@@ -80,7 +80,9 @@ async function respond(req: IncomingMessage, res: ServerResponse, cors: Record<s
     __ow_headers: req.headers,
     __ow_path: url.pathname === '/' ? '' : url.pathname,
   };
-  const envelope = parseEnvelope(body, req.headers['content-type']);
+  const contentType = req.headers['content-type'];
+  const json = parseBody(body, contentType);
+  const envelope = isEnvelope(json?.value) ? json.value : undefined;
 
   if (envelope && 'init' in envelope) {
     if (state.dedicated) throw new ProxyError(403, 'Cannot initialize a runtime with a dedicated function.');
@@ -93,7 +95,7 @@ async function respond(req: IncomingMessage, res: ServerResponse, cors: Record<s
     if (!('activation' in envelope) && !('value' in envelope)) return send(res, 200, 'OK', { ...cors, 'Content-Type': 'text/html; charset=utf-8' });
   }
 
-  const outcome = await run(async () => (envelope ? envelopeMessage(envelope, url, web) : webMessage(body, req.headers['content-type'], url, web)));
+  const outcome = await run(async () => (envelope ? envelopeMessage(envelope, url, web) : webMessage(body, json, contentType, url, web)));
   if (!outcome.ok) throw new ProxyError(outcome.status, outcome.error);
   const response = webResponse(outcome.result);
   send(res, response.status, response.body, withDefaults(response.headers, cors));
@@ -122,23 +124,29 @@ function withDefaults(headers: Record<string, string>, defaults: Record<string, 
   return merged;
 }
 
+const FORM_TYPE = /^application\/x-www-form-urlencoded\b/i;
+
 function isJsonType(contentType: string | undefined): boolean {
   return /^application\/([\w.+-]+\+)?json\b/i.test(contentType ?? '');
 }
 
 /**
- * The body as an envelope (a JSON object with `init`, `activation` or `value` at its top level, whatever
- * its Content-Type), or undefined for a web request. A body sent as JSON that doesn't parse is a 400.
+ * The body as JSON, whatever its Content-Type (`curl -d` says form-urlencoded), or undefined when it is
+ * empty or isn't JSON. A body sent as JSON that doesn't parse is a 400.
  */
-function parseEnvelope(body: Buffer, contentType: string | undefined): Record<string, unknown> | undefined {
-  let parsed: unknown;
+function parseBody(body: Buffer, contentType: string | undefined): { value: unknown } | undefined {
+  if (body.length === 0) return undefined;
   try {
-    parsed = parseJson(body);
+    return { value: parseJson(body) };
   } catch (error) {
     if (isJsonType(contentType)) throw error;
-    return undefined; // text, a form, bytes: a web request
+    return undefined; // text, a form, bytes
   }
-  return isObject(parsed) && ENVELOPE_KEYS.some((key) => key in parsed) ? parsed : undefined;
+}
+
+/** What platform tooling sends: a JSON object with `init`, `activation` or `value` at its top level. */
+function isEnvelope(value: unknown): value is Record<string, unknown> {
+  return isObject(value) && ENVELOPE_KEYS.some((key) => key in value);
 }
 
 /** An envelope's `init`, checked before the runner sees it. */
@@ -164,27 +172,28 @@ function envelopeMessage(envelope: Record<string, unknown>, url: URL, web: WebFi
   return { args: { ...value, ...web, ...user }, fields };
 }
 
-function webMessage(body: Buffer, contentType: string | undefined, url: URL, web: WebFields): RunMessage {
+function webMessage(body: Buffer, json: { value: unknown } | undefined, contentType: string | undefined, url: URL, web: WebFields): RunMessage {
   const fields = withActionName({});
   const common = { ...web, __ow_user: owUser(fields) };
   if (state.raw) {
     const text = body.length > 0 && isText(body, contentType) && !isJsonType(contentType);
     return { args: { ...common, __ow_body: text ? body.toString('utf8') : body.toString('base64'), __ow_query: url.search.slice(1) }, fields };
   }
-  return { args: { ...Object.fromEntries(url.searchParams), ...bodyArguments(body, contentType), ...common }, fields };
+  return { args: { ...Object.fromEntries(url.searchParams), ...bodyArguments(body, json, contentType), ...common }, fields };
 }
 
 /** A web request's body as arguments: a JSON object's or a form's fields, else `__ow_body`. */
-function bodyArguments(body: Buffer, contentType: string | undefined): Record<string, unknown> {
+function bodyArguments(body: Buffer, json: { value: unknown } | undefined, contentType: string | undefined): Record<string, unknown> {
   if (body.length === 0) return {};
   const text = body.toString('utf8');
-  const looksJson = isJsonType(contentType) || (/^application\/x-www-form-urlencoded\b/i.test(contentType ?? '') && /^\s*[[{]/.test(text));
-  if (looksJson) {
-    const parsed = parseJson(body);
+  const isForm = FORM_TYPE.test(contentType ?? '');
+  if (isJsonType(contentType) || (isForm && /^\s*[[{]/.test(text))) {
+    // Parsed already; parsing again only to throw the 400 with the parser's message.
+    const parsed = json ? json.value : parseJson(body);
     if (!isObject(parsed)) throw new ProxyError(400, NOT_A_DICTIONARY);
     return parsed;
   }
-  if (/^application\/x-www-form-urlencoded\b/i.test(contentType ?? '')) return Object.fromEntries(new URLSearchParams(text));
+  if (isForm) return Object.fromEntries(new URLSearchParams(text));
   return { __ow_body: isText(body, contentType) ? text : body.toString('base64') };
 }
 

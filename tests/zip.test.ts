@@ -7,7 +7,7 @@ import { join, dirname } from 'node:path';
 import { describe, test } from 'node:test';
 import { createDeflateRaw } from 'node:zlib';
 import { ROOT, STUB, withProxy, type RunningProxy, type Response } from './helpers.ts';
-import { EXEC_ENTRY, craftZip, type CraftEntry } from './zipcraft.ts';
+import { EXEC_ENTRY, craftZip } from './zipcraft.ts';
 
 const FIXTURES = join(ROOT, 'tests', 'fixtures');
 const STUB_RESULT = { error: 'This is a stub action. Replace it with custom logic.' };
