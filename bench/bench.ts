@@ -20,7 +20,7 @@ const PROXY = join(DIST, 'proxy.cjs');
 const STUB = join(ROOT, 'action', 'exec');
 const QUICK = process.env.BENCH_QUICK === '1';
 // BENCH_PROXY_FLAGS: Node flags for the proxy process, to measure what one costs or saves.
-// None by default: a V8 flag can cost start-up time (measured: --max-semi-space-size=1 made ready 14 ms slower).
+// None by default: a V8 flag can cost start-up time (measured: --max-semi-space-size=1 made ready about 8 ms slower on Node 20).
 const PROXY_FLAGS = (process.env.BENCH_PROXY_FLAGS ?? '').split(' ').filter(Boolean);
 // Extraction is measured where disk writeback can't add noise: tmpfs when the machine has one.
 const FAST_FS = existsSync('/dev/shm') ? '/dev/shm' : tmpdir();
@@ -28,6 +28,9 @@ const REPEAT = QUICK ? 5 : 21;
 const WARM_RUNS = QUICK ? 200 : 1000;
 const THROUGHPUT_RUNS = QUICK ? 800 : 4000;
 const SOAK_RUNS = QUICK ? 2000 : 10_000;
+// V8 gives memory back only when its memory reducer sees the process idle; on Node 20 here that took
+// 10–30 s after the last activation.
+const IDLE_AGAIN_MS = QUICK ? 5_000 : 30_000;
 const CLIENTS = 8;
 const BARE_SERVER = "require('http').createServer((q,s)=>s.end('{}')).listen(process.env.FLASK_PROXY_PORT)";
 const TRIVIAL = "#!/bin/sh\necho '{\"ok\":true}'\n";
@@ -184,8 +187,8 @@ function rss(pid: number): number {
   return Number(/VmRSS:\s+(\d+) kB/.exec(status)![1]) * 1024;
 }
 
-async function settle(): Promise<void> {
-  await new Promise((resolve) => setTimeout(resolve, 500));
+async function settle(ms = 500): Promise<void> {
+  await new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 /** ~2000 files, ~40 MB: text, random (incompressible) data, nested folders, an exec. */
@@ -315,6 +318,10 @@ async function main(): Promise<void> {
   await settle();
   const soakRss = rss(proxy.child.pid!);
   add({ metric: `RSS after ${SOAK_RUNS} activations`, value: soakRss / 2 ** 20, unit: 'MiB', floor: idleRss / 2 ** 20, floorName: 'RSS idle after init', limit: (idleRss + 2 ** 21) / idleRss });
+  // Growth that stays after the process is idle again would be a leak; V8's young generation is not.
+  await settle(IDLE_AGAIN_MS);
+  const idleAgainRss = rss(proxy.child.pid!);
+  add({ metric: `RSS ${IDLE_AGAIN_MS / 1000} s after the last activation (reference)`, value: idleAgainRss / 2 ** 20, unit: 'MiB', floor: idleRss / 2 ** 20, floorName: 'RSS idle after init' });
   keepAlive.destroy();
   await proxy.stop();
 
