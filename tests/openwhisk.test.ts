@@ -369,6 +369,17 @@ describe('run', { concurrency: true }, () => {
       await proxy.sentinels(2);
     }));
 
+  test('the activation ends when both pipes are drained, not when exec exits: a background writer counts', () =>
+    withProxy({}, async (proxy) => {
+      const code = '#!/bin/sh\n( sleep 0.3; echo late log >&2; echo \'{"from":"background"}\' ) &\necho \'{"from":"exec"}\'\n';
+      assert.equal((await initScript(proxy, code)).status, 200);
+      const res = await proxy.post('/run', { value: {} });
+      assert.deepEqual(res.json(), { from: 'background' });
+      await proxy.sentinels(1);
+      assert.equal(proxy.stdout.text, `{"from":"exec"}\n${SENTINEL}`);
+      assert.equal(proxy.stderr.text, `late log\n${SENTINEL}`);
+    }));
+
   test('an 8 MiB result comes back whole', () =>
     withProxy({}, async (proxy) => {
       const code = '#!/bin/sh\nprintf \'{"data":"\'\nhead -c 8388608 /dev/zero | tr "\\\\0" a\necho \'"}\'\n';
