@@ -33,6 +33,18 @@ export function isObject(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
+/**
+ * The JSON text of a value parsed from JSON. JSON.parse takes any nesting, but JSON.stringify recurses and
+ * runs out of stack at a few thousand levels; that is the sender's input, answered with `status`.
+ */
+export function jsonText(value: unknown, status: number, what: string): string {
+  try {
+    return JSON.stringify(value);
+  } catch (error) {
+    throw new ProxyError(status, `${what} nested too deeply to pass on (${(error as Error).message}).`);
+  }
+}
+
 // linux/binfmts.h MAX_ARG_STRLEN is 32 pages (131072 bytes) including the terminating NUL.
 const MAX_ARG_STRLEN = 131071;
 const NEWLINE = 0x0a;
@@ -107,7 +119,7 @@ export class ActionRunner {
   async init(value: InitValue): Promise<void> {
     try {
       const env = value.env === undefined || value.env === null ? {} : environment(value.env, '', 'init env');
-      if (value.binary !== undefined && typeof value.binary !== 'boolean') throw new Error(`init 'binary' must be a boolean, not ${JSON.stringify(value.binary)}`);
+      if (value.binary !== undefined && typeof value.binary !== 'boolean') throw new Error(`init 'binary' must be a boolean, not ${typeof value.binary}`);
       if (value.code !== undefined && value.code !== null) {
         if (typeof value.code !== 'string') throw new Error(`init 'code' must be a string, not ${typeof value.code}`);
         await this.install(value.code, value.binary === true, value);
@@ -228,9 +240,10 @@ export class ActionRunner {
     const stats = this.verify();
     if (!stats) throw new ProxyError(502, MESSAGES.noBinary, { cause: new Error(`${this.binary} is not an executable file`) });
     const env = this.activationEnv(fields);
+    const input = jsonText(args, 400, 'The arguments are');
     await this.acquire();
     try {
-      return await this.execute(JSON.stringify(args), env, stats);
+      return await this.execute(input, env, stats);
     } finally {
       this.release();
     }
@@ -323,7 +336,7 @@ function environment(fields: unknown, prefix: string, what: string): Record<stri
   if (!isObject(fields)) throw new Error(`${what}s must be an object`);
   const env: Record<string, string> = {};
   for (const [key, value] of Object.entries(fields)) {
-    const text = typeof value === 'string' ? value : value === null ? '' : JSON.stringify(value);
+    const text = typeof value === 'string' ? value : value === null ? '' : jsonText(value, 400, `${what} '${key}' is`);
     if (key === '' || key.includes('=') || key.includes('\0')) throw new Error(`${what} '${key.replaceAll('\0', '\\0')}' can't be an environment variable name`);
     if (text.includes('\0')) throw new Error(`${what} '${key}' has a NUL character, which an environment variable can't hold`);
     env[prefix + (prefix ? key.toUpperCase() : key)] = text;

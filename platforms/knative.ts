@@ -8,7 +8,7 @@
 import { isUtf8 } from 'node:buffer';
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import { activationFields, init, parseJson, readBody, run, send, sendError, type RunMessage } from '../proxy.ts';
-import { ProxyError, isObject, type InitValue } from '../runner.ts';
+import { ProxyError, isObject, jsonText, type InitValue } from '../runner.ts';
 
 const METHODS = ['GET', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS'] as const;
 const ENVELOPE_KEYS = ['init', 'activation', 'value'];
@@ -165,7 +165,7 @@ function envelopeMessage(envelope: Record<string, unknown>, url: URL, web: WebFi
   const value = 'value' in envelope ? envelope.value : {};
   const user = { __ow_user: owUser(fields) };
   if (state.raw) {
-    const rawBody = typeof value === 'string' ? value : value === undefined || value === null ? '' : Buffer.from(JSON.stringify(value)).toString('base64');
+    const rawBody = typeof value === 'string' ? value : value === undefined || value === null ? '' : Buffer.from(jsonText(value, 400, 'The value is')).toString('base64');
     return { args: { ...web, ...user, __ow_body: rawBody, __ow_query: url.search.slice(1) }, fields };
   }
   if (!isObject(value)) throw new ProxyError(400, NOT_A_DICTIONARY);
@@ -250,7 +250,7 @@ function webResponse(result: object): WebResponse {
     return { status, headers, body };
   }
   if (contentType === undefined) headers['Content-Type'] = 'application/json';
-  return { status, headers, body: JSON.stringify(body) };
+  return { status, headers, body: jsonText(body, 502, "The action's result is") };
 }
 
 function statusCodeOf(value: unknown): number {

@@ -380,6 +380,21 @@ describe('run', { concurrency: true }, () => {
       assert.equal(proxy.stderr.text, `late log\n${SENTINEL}`);
     }));
 
+  test('arguments nested 100,000 deep → 400 naming the cause, sentinels; such a result passes through', () =>
+    withProxy({}, async (proxy) => {
+      const deep = `${'['.repeat(100_000)}${']'.repeat(100_000)}`;
+      assert.equal((await initScript(proxy, `#!/bin/sh\necho '${deep}'\n`)).status, 200);
+      for (const body of [`{"value":{"a":${deep}}}`, `{"value":{},"deadline":${deep}}`]) {
+        const res = await proxy.post('/run', body);
+        assert.equal(res.status, 400);
+        assert.match(res.text, /^\{"error":".* nested too deeply to pass on \(Maximum call stack size exceeded\)\."\}$/);
+      }
+      const res = await proxy.post('/run', { value: {} });
+      assert.equal(res.status, 200);
+      assert.equal(res.text, deep);
+      await proxy.sentinels(3);
+    }));
+
   test('an 8 MiB result comes back whole', () =>
     withProxy({}, async (proxy) => {
       const code = '#!/bin/sh\nprintf \'{"data":"\'\nhead -c 8388608 /dev/zero | tr "\\\\0" a\necho \'"}\'\n';
