@@ -4,9 +4,10 @@
 // defined here, `init` and `run`, which own the rules every platform shares: one initialization unless
 // re-init is allowed, the log sentinels, and the translation of errors into a status and a fixed text.
 
-import { createServer, type IncomingMessage, type OutgoingHttpHeaders, type Server, type ServerResponse } from 'node:http';
+import { STATUS_CODES, createServer, type IncomingMessage, type OutgoingHttpHeaders, type Server, type ServerResponse } from 'node:http';
 import { isAscii } from 'node:buffer';
 import { realpathSync } from 'node:fs';
+import type { Socket } from 'node:net';
 import { isatty } from 'node:tty';
 import { fileURLToPath } from 'node:url';
 import { ActionRunner, MESSAGES, ProxyError, isObject, type InitValue } from './runner.ts';
@@ -210,6 +211,30 @@ export function sendError(res: ServerResponse, status: number, error: string, he
   sendJson(res, status, JSON.stringify({ error }), headers);
 }
 
+// Requests Node's HTTP parser refuses before the platform sees them; the rest are a 400.
+const CLIENT_ERRORS: Record<string, { status: number; error: string }> = {
+  HPE_HEADER_OVERFLOW: { status: 431, error: 'The request headers are larger than the proxy accepts (16 KiB; node --max-http-header-size).' },
+  ERR_HTTP_REQUEST_TIMEOUT: { status: 408, error: 'The request did not arrive in time.' },
+};
+
+/**
+ * Answers a request Node could not parse with a JSON error, as every other answer is (Node's own has no
+ * body), and closes the connection. Every answer of the proxy is written whole by one end(), so this
+ * lands after complete responses, never inside one; closing waits until they are flushed.
+ */
+function answerClientError(error: NodeJS.ErrnoException, socket: Socket): void {
+  if (!socket.writable || error.code === 'ECONNRESET') {
+    socket.destroy();
+    return;
+  }
+  const known = CLIENT_ERRORS[error.code ?? ''];
+  const status = known?.status ?? 400;
+  const body = JSON.stringify({ error: known?.error ?? `The request is not valid HTTP (${error.code ?? error.message}).` });
+  // A client that stops reading can't hold the connection open.
+  socket.setTimeout(5_000, () => socket.destroy());
+  socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`, () => socket.destroy());
+}
+
 /** What a platform provides: how requests map to init and run, and anything to do before listening. */
 export interface Platform {
   prepare?(): Promise<void>;
@@ -248,6 +273,7 @@ export async function start(options: StartOptions = {}): Promise<Server> {
   server.headersTimeout = 60_000;
   server.requestTimeout = 300_000;
   server.keepAliveTimeout = 5_000;
+  server.on('clientError', answerClientError);
 
   const stop = (): void => {
     if (shuttingDown) return;

@@ -6,7 +6,7 @@ import { mkdirSync, readFileSync, readdirSync, realpathSync, statSync, writeFile
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
-import { SENTINEL, freePort, initScript, startProxy, withProxy, withTempDir, zipBase64 } from './helpers.ts';
+import { PROXY, SENTINEL, freePort, initScript, startProxy, withProxy, withTempDir, zipBase64 } from './helpers.ts';
 
 const STUB_RESULT = { error: 'This is a stub action. Replace it with custom logic.' };
 const INIT_FAILED = { error: 'The action failed to generate or locate a binary. See logs for details.' };
@@ -497,17 +497,46 @@ describe('HTTP', { concurrency: true }, () => {
           socket.on('error', reject);
         });
       }
-      // A request cut off half-way gets Node's bare 400 and a close; the proxy logs nothing about it.
-      let answer = '';
-      const half = connect(proxy.port, '127.0.0.1', () => half.end('GET /ru'));
-      half.on('data', (chunk: Buffer) => (answer += chunk.toString('latin1')));
-      await new Promise((resolve) => half.on('close', resolve));
-      assert.match(answer, /^HTTP\/1\.1 400 /);
+      // A request cut off half-way gets a 400 and a close; the proxy logs nothing about it.
+      assert.match(await exchange(proxy.port, 'GET /ru'), /^HTTP\/1\.1 400 /);
       assert.deepEqual((await proxy.post('/run', { value: {} })).json(), STUB_RESULT);
       await proxy.sentinels(1);
       assert.equal(proxy.stderr.text, SENTINEL);
       assert.ok(proxy.stdout.text.endsWith(SENTINEL) && proxy.stdout.text.startsWith('This is a stub action'));
     }));
+
+  test('requests Node cannot parse → a JSON 400 or 431 and a close; the proxy goes on', () =>
+    withProxy({}, async (proxy) => {
+      const answers = [
+        await exchange(proxy.port, 'GARBAGE\r\n\r\n'),
+        await exchange(proxy.port, `POST /run HTTP/1.1\r\nHost: x\r\nX-Big: ${'x'.repeat(20_000)}\r\n\r\n`),
+        await exchange(proxy.port, 'POST /run HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n'),
+      ];
+      const expected = [
+        [400, 'Bad Request', 'The request is not valid HTTP (HPE_INVALID_METHOD).'],
+        [431, 'Request Header Fields Too Large', 'The request headers are larger than the proxy accepts (16 KiB; node --max-http-header-size).'],
+        [400, 'Bad Request', 'The request is not valid HTTP (HPE_INVALID_EOF_STATE).'],
+      ] as const;
+      for (const [i, [status, reason, error]] of expected.entries()) {
+        const body = JSON.stringify({ error });
+        assert.equal(answers[i], `HTTP/1.1 ${status} ${reason}\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`);
+      }
+      assert.deepEqual((await proxy.post('/run', { value: {} })).json(), STUB_RESULT);
+    }));
+
+  test('a request timeout → a JSON 408 and a close', () => {
+    // Node checks its request timeouts every 30 s; this proxy raises the same event at once instead.
+    const timeoutOnConnect = `
+      const { start } = require(${JSON.stringify(PROXY)});
+      start().then((server) => server.on('connection', (socket) => setTimeout(() =>
+        server.emit('clientError', Object.assign(new Error('Request timeout'), { code: 'ERR_HTTP_REQUEST_TIMEOUT' }), socket), 100)));
+    `;
+    return withProxy({ command: [process.execPath, '-e', timeoutOnConnect] }, async (proxy) => {
+      const body = JSON.stringify({ error: 'The request did not arrive in time.' });
+      const answer = await exchange(proxy.port, 'POST /run HTTP/1.1\r\nHost: x\r\n', false);
+      assert.equal(answer, `HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`);
+    });
+  });
 
   test('an unknown __OW_RUNTIME_PLATFORM is warned about on stderr and openwhisk is used', () =>
     withProxy({ env: { __OW_RUNTIME_PLATFORM: 'Lambda' } }, async (proxy) => {
@@ -563,3 +592,13 @@ function peakRss(pid: number): number {
   return Number(match?.[1]) * 1024;
 }
 
+/** Writes `data` on a new connection (and ends it), resolving with everything the proxy answered until it closed. */
+function exchange(port: number, data: string, end = true): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let answer = '';
+    const socket = connect(port, '127.0.0.1', () => (end ? socket.end(data) : socket.write(data)));
+    socket.on('data', (chunk: Buffer) => (answer += chunk.toString('latin1')));
+    socket.on('close', () => resolve(answer));
+    socket.on('error', reject);
+  });
+}
