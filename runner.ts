@@ -119,7 +119,8 @@ export class ActionRunner {
   async init(value: InitValue): Promise<void> {
     try {
       const env = value.env === undefined || value.env === null ? {} : environment(value.env, '', 'init env');
-      if (value.binary !== undefined && typeof value.binary !== 'boolean') throw new Error(`init 'binary' must be a boolean, not ${typeof value.binary}`);
+      // null is "not given", as for code and env (the original read any false-like value as false).
+      if (value.binary !== undefined && value.binary !== null && typeof value.binary !== 'boolean') throw new Error(`init 'binary' must be a boolean, not ${typeof value.binary}`);
       if (value.code !== undefined && value.code !== null) {
         if (typeof value.code !== 'string') throw new Error(`init 'code' must be a string, not ${typeof value.code}`);
         await this.install(value.code, value.binary === true, value);

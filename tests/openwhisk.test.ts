@@ -123,14 +123,16 @@ describe('init', { concurrency: true }, () => {
       assert.equal((await initScript(proxy, ECHO)).status, 200);
     }));
 
-  test('POST /init with code that is not a string, or binary that is not a boolean → 502, cause logged', () =>
+  test('POST /init with code that is not a string, or binary that is not a boolean → 502, cause logged; binary null is false', () =>
     withProxy({}, async (proxy) => {
       assert.equal((await proxy.post('/init', { value: { code: 42 } })).status, 502);
       assert.equal((await proxy.post('/init', { value: { code: 'x', binary: 'yes' } })).status, 502);
       await proxy.sentinels(2);
       assert.match(proxy.stderr.text, /'code' must be a string/);
-      assert.match(proxy.stderr.text, /'binary' must be a boolean/);
+      assert.match(proxy.stderr.text, /'binary' must be a boolean, not string/);
       assert.deepEqual((await proxy.post('/run', {})).json(), STUB_RESULT);
+      assert.equal((await proxy.post('/init', { value: { code: '#!/bin/sh\necho \'{"script":true}\'\n', binary: null } })).status, 200);
+      assert.deepEqual((await proxy.post('/run', {})).json(), { script: true });
     }));
 
   test('a zip holding exec runs; cwd, $PWD and pwd are the action directory', () =>
