@@ -16,7 +16,7 @@ RUN apk add --no-cache bash \
  && rm -rf /usr/local/lib/node_modules /usr/local/bin/npm /usr/local/bin/npx /usr/local/bin/corepack /opt/yarn* /usr/local/bin/yarn /usr/local/bin/yarnpkg
 COPY --from=build /src/dist/proxy.cjs /proxy/proxy.cjs
 COPY action/exec /action/exec
-ENV FLASK_PROXY_PORT 8080
+ENV FLASK_PROXY_PORT=8080
 EXPOSE 8080
 # A 2 MiB young generation: under sustained load Node 24 otherwise grows it to 2 x 64 MiB and keeps it
 # (RSS after 10,000 activations: 76-77 MiB with the flag, 158-188 MiB without; start-up within noise).

@@ -1,14 +1,15 @@
 // Scratch-like embedding: the proxy in a root filesystem holding only the node binary, /bin/sh, the
 // shared libraries `ldd` lists for them, the bundled proxy and the stub. It proves the proxy needs
-// nothing but Node (and a shell for shell actions). Needs root for chroot; skipped otherwise.
+// nothing but Node (and a shell for shell actions). It starts the proxy with the Dockerfile's CMD, as the
+// image does. Needs root for chroot; skipped otherwise.
 
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { test } from 'node:test';
-import { PROXY, STUB, initScript, withProxy, withTempDir, zipBase64 } from './helpers.ts';
+import { PROXY, ROOT, STUB, initScript, withProxy, withTempDir, zipBase64 } from './helpers.ts';
 
 /** The executable and every shared library it loads, as absolute paths. */
 function withLibraries(executable: string): string[] {
@@ -23,13 +24,21 @@ function place(root: string, path: string, as = path): void {
   copyFileSync(realpathSync(path), join(root, as));
 }
 
+/** The image's start command: the Dockerfile's CMD, in its JSON form. */
+function imageCommand(): string[] {
+  const cmd = /^CMD\s+(\[.*\])\s*$/m.exec(readFileSync(join(ROOT, 'Dockerfile'), 'utf8'));
+  assert.ok(cmd, 'the Dockerfile has a CMD in JSON form');
+  return JSON.parse(cmd[1]!) as string[];
+}
+
 const skip = process.getuid?.() !== 0 ? 'chroot needs root; run the tests as root to include this one' : false;
 
 test('the proxy runs shell and zip actions in a root filesystem of node, /bin/sh and their libraries', { skip }, async (t) => {
   const root = mkdtempSync(join(tmpdir(), 'proxy-rootfs-'));
   try {
     const node = realpathSync(process.execPath);
-    for (const path of withLibraries(node)) place(root, path, path === node ? '/usr/bin/node' : path);
+    // Where the official node images have it.
+    for (const path of withLibraries(node)) place(root, path, path === node ? '/usr/local/bin/node' : path);
     for (const path of withLibraries('/bin/sh')) place(root, path, path === '/bin/sh' ? '/bin/sh' : path);
     place(root, PROXY, '/proxy/proxy.cjs');
     place(root, STUB, '/action/exec');
@@ -37,7 +46,11 @@ test('the proxy runs shell and zip actions in a root filesystem of node, /bin/sh
     t.diagnostic(`root filesystem: ${bytes} bytes (${readdirSync(root).join(', ')})`);
 
     await withProxy(
-      { command: ['chroot', root, '/usr/bin/node', '/proxy/proxy.cjs'], env: { PROXY_ACTION_DIR: '/action', PROXY_ALLOW_REINIT: '1' } },
+      {
+        command: ['chroot', root, ...imageCommand()],
+        // Docker's default PATH (chroot is in /usr/sbin here; node in /usr/local/bin inside).
+        env: { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', PROXY_ACTION_DIR: '/action', PROXY_ALLOW_REINIT: '1' },
+      },
       async (proxy) => {
         assert.deepEqual((await proxy.post('/run', { value: {} })).json(), { error: 'This is a stub action. Replace it with custom logic.' });
         const script = '#!/bin/sh\necho "from a script in $(pwd)" >&2\necho "{\\"script\\":$1}"\n';
