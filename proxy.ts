@@ -213,7 +213,7 @@ export function sendError(res: ServerResponse, status: number, error: string, he
 
 // Requests Node's HTTP parser refuses before the platform sees them; the rest are a 400.
 const CLIENT_ERRORS: Record<string, { status: number; error: string }> = {
-  HPE_HEADER_OVERFLOW: { status: 431, error: 'The request headers are larger than the proxy accepts (16 KiB; node --max-http-header-size).' },
+  HPE_HEADER_OVERFLOW: { status: 431, error: 'The request headers are larger than the proxy accepts (node --max-http-header-size, 16 KiB by default).' },
   ERR_HTTP_REQUEST_TIMEOUT: { status: 408, error: 'The request did not arrive in time.' },
 };
 

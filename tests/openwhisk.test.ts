@@ -516,7 +516,7 @@ describe('HTTP', { concurrency: true }, () => {
       ];
       const expected = [
         [400, 'Bad Request', 'The request is not valid HTTP (HPE_INVALID_METHOD).'],
-        [431, 'Request Header Fields Too Large', 'The request headers are larger than the proxy accepts (16 KiB; node --max-http-header-size).'],
+        [431, 'Request Header Fields Too Large', 'The request headers are larger than the proxy accepts (node --max-http-header-size, 16 KiB by default).'],
         [400, 'Bad Request', 'The request is not valid HTTP (HPE_INVALID_EOF_STATE).'],
       ] as const;
       for (const [i, [status, reason, error]] of expected.entries()) {
