@@ -118,7 +118,7 @@ export class ActionRunner {
    */
   async init(value: InitValue): Promise<void> {
     try {
-      const env = value.env === undefined || value.env === null ? {} : environment(value.env, '', 'init env');
+      const env = value.env === undefined || value.env === null ? {} : environment(value.env, '', 'init env', 'init env');
       // null is "not given", as for code and env (the original read any false-like value as false).
       if (value.binary !== undefined && value.binary !== null && typeof value.binary !== 'boolean') throw new Error(`init 'binary' must be a boolean, not ${typeof value.binary}`);
       if (value.code !== undefined && value.code !== null) {
@@ -230,7 +230,7 @@ export class ActionRunner {
    */
   activationEnv(fields: Record<string, unknown>): Record<string, string> {
     try {
-      return { ...this.baseEnv, ...environment(fields, '__OW_', 'activation field') };
+      return { ...this.baseEnv, ...environment(fields, '__OW_', 'the activation fields', 'activation field') };
     } catch (error) {
       throw new ProxyError(400, (error as Error).message);
     }
@@ -333,8 +333,8 @@ function makeExecutable(path: string): void {
 const BASE64 = /^[A-Za-z0-9+/\s]*={0,2}\s*$/;
 
 /** Environment values: strings as they are, `null` as "", anything else as its JSON text. */
-function environment(fields: unknown, prefix: string, what: string): Record<string, string> {
-  if (!isObject(fields)) throw new Error(`${what}s must be an object`);
+function environment(fields: unknown, prefix: string, whole: string, what: string): Record<string, string> {
+  if (!isObject(fields)) throw new Error(`${whole} must be an object`);
   const env: Record<string, string> = {};
   for (const [key, value] of Object.entries(fields)) {
     const text = typeof value === 'string' ? value : value === null ? '' : jsonText(value, 400, `${what} '${key}' is`);

@@ -323,6 +323,13 @@ describe('run', { concurrency: true }, () => {
       assert.equal(proxy.stderr.withoutSentinels, expected + expected);
     }));
 
+  test('an init env that is not an object, or has a name that cannot be a variable → 502, the cause logged', () =>
+    withProxy({}, async (proxy) => {
+      for (const env of [[1, 2], 'x', { 'A=B': '1' }]) assert.equal((await initScript(proxy, '#!/bin/sh\necho {}\n', { env })).status, 502);
+      await proxy.sentinels(3);
+      assert.equal(proxy.stderr.withoutSentinels, "init env must be an object\ninit env must be an object\ninit env 'A=B' can't be an environment variable name\n");
+    }));
+
   test('an activation field that cannot be an environment variable → 400, sentinels', () =>
     withProxy({}, async (proxy) => {
       const res = await proxy.post('/run', { value: {}, 'a=b': 'x' });
