@@ -34,8 +34,8 @@ export function isObject(value: unknown): value is Record<string, unknown> {
 }
 
 /**
- * The JSON text of a value parsed from JSON. JSON.parse takes any nesting, but JSON.stringify recurses and
- * runs out of stack at a few thousand levels; that is the sender's input, answered with `status`.
+ * The JSON text of a value parsed from JSON. JSON.parse takes millions of nesting levels, JSON.stringify
+ * recurses and runs out of stack at about 4,000; that is the sender's input, answered with `status`.
  */
 export function jsonText(value: unknown, status: number, what: string): string {
   try {
@@ -332,7 +332,10 @@ function makeExecutable(path: string): void {
 // Base64 as encoders write it, wrapped lines (`base64` wraps at 76) included.
 const BASE64 = /^[A-Za-z0-9+/\s]*={0,2}\s*$/;
 
-/** Environment values: strings as they are, `null` as "", anything else as its JSON text. */
+/**
+ * Environment variables from a JSON map: strings as they are, `null` as "", anything else as its JSON
+ * text. Errors name the map as `whole` and an entry as `what`.
+ */
 function environment(fields: unknown, prefix: string, whole: string, what: string): Record<string, string> {
   if (!isObject(fields)) throw new Error(`${whole} must be an object`);
   const env: Record<string, string> = {};
