@@ -118,7 +118,8 @@ export class ActionRunner {
    */
   async init(value: InitValue): Promise<void> {
     try {
-      const env = value.env === undefined || value.env === null ? {} : environment(value.env, '', 'init env', 'init env');
+      if (value.env !== undefined && value.env !== null && !isObject(value.env)) throw new Error('init env must be an object');
+      const env = isObject(value.env) ? environment(value.env, '', 'init env') : {};
       // null is "not given", as for code and env (the original read any false-like value as false).
       if (value.binary !== undefined && value.binary !== null && typeof value.binary !== 'boolean') throw new Error(`init 'binary' must be a boolean, not ${typeof value.binary}`);
       if (value.code !== undefined && value.code !== null) {
@@ -230,7 +231,7 @@ export class ActionRunner {
    */
   activationEnv(fields: Record<string, unknown>): Record<string, string> {
     try {
-      return { ...this.baseEnv, ...environment(fields, '__OW_', 'the activation fields', 'activation field') };
+      return { ...this.baseEnv, ...environment(fields, '__OW_', 'activation field') };
     } catch (error) {
       throw new ProxyError(400, (error as Error).message);
     }
@@ -334,10 +335,9 @@ const BASE64 = /^[A-Za-z0-9+/\s]*={0,2}\s*$/;
 
 /**
  * Environment variables from a JSON map: strings as they are, `null` as "", anything else as its JSON
- * text. Errors name the map as `whole` and an entry as `what`.
+ * text. Errors name an entry as `what`.
  */
-function environment(fields: unknown, prefix: string, whole: string, what: string): Record<string, string> {
-  if (!isObject(fields)) throw new Error(`${whole} must be an object`);
+function environment(fields: Record<string, unknown>, prefix: string, what: string): Record<string, string> {
   const env: Record<string, string> = {};
   for (const [key, value] of Object.entries(fields)) {
     const text = typeof value === 'string' ? value : value === null ? '' : jsonText(value, 400, `${what} '${key}' is`);

@@ -499,13 +499,7 @@ describe('HTTP', { concurrency: true }, () => {
 
   test('nothing is printed at start-up when stdout is not a terminal; a bare TCP connect-and-close logs nothing', () =>
     withProxy({}, async (proxy) => {
-      for (let i = 0; i < 5; i++) {
-        await new Promise<void>((resolve, reject) => {
-          const socket = connect(proxy.port, '127.0.0.1', () => socket.end());
-          socket.on('close', () => resolve());
-          socket.on('error', reject);
-        });
-      }
+      for (let i = 0; i < 5; i++) await exchange(proxy.port, '');
       // A request cut off half-way gets a 400 and a close; the proxy logs nothing about it.
       assert.match(await exchange(proxy.port, 'GET /ru'), /^HTTP\/1\.1 400 /);
       assert.deepEqual((await proxy.post('/run', { value: {} })).json(), STUB_RESULT);
