@@ -1,23 +1,21 @@
-// The action proxy: a raw node:http server in front of one action runner.
-//
-// The platform (platforms/openwhisk.ts or platforms/knative.ts) maps HTTP requests to the two operations
-// defined here, `init` and `run`, which own the rules every platform shares: one initialization unless
-// re-init is allowed, the log sentinels, and the translation of errors into a status and a fixed text.
+// The action proxy's entry point: configuration from the environment, a raw node:http server, the
+// platform chosen once at start-up, and shutdown. Below it: the platforms (platforms/openwhisk.ts,
+// platforms/knative.ts), which map HTTP to the rules they share (protocol.ts), which drive the action
+// runner (runner.ts) and its executors. Nothing below imports this file.
 
-import { STATUS_CODES, createServer, type IncomingMessage, type OutgoingHttpHeaders, type Server, type ServerResponse } from 'node:http';
-import { isAscii } from 'node:buffer';
+import { STATUS_CODES, createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { realpathSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import { isatty } from 'node:tty';
 import { fileURLToPath } from 'node:url';
-import { ActionRunner, MESSAGES, ProxyError, isObject, type InitValue } from './runner.ts';
+import { closeConnections, failure, sendError, use } from './protocol.ts';
+import { ActionRunner, DEFAULT_MAX_RESULT_BYTES } from './runner.ts';
 import type { ZipLimits } from './zip.ts';
 
 // What a runtime built on the proxy needs, from one module (the bundle the image ships is one file).
-export { ActionRunner, ProxyError, type InitValue, type RunnerOptions } from './runner.ts';
-
-/** Ends each activation's logs on stdout and on stderr, so the invoker knows where they end. */
-export const LOG_SENTINEL = 'XXX_THE_END_OF_A_WHISK_ACTIVATION_XXX\n';
+export { ProxyError } from './errors.ts';
+export { ActionRunner, type InitValue, type RunnerOptions } from './runner.ts';
+export { LOG_SENTINEL } from './protocol.ts';
 
 const PLATFORMS = ['openwhisk', 'knative'] as const;
 export type PlatformName = (typeof PLATFORMS)[number];
@@ -33,6 +31,8 @@ export interface ProxyConfig {
   maxBodyBytes: number;
   /** Most activations running at once; 0 for no limit. */
   maxActivations: number;
+  /** The longest result line an action may print; a longer one is a 502. */
+  maxResultBytes: number;
   /** How long running activations may go on after SIGTERM. */
   shutdownGraceMs: number;
   zipLimits: Partial<ZipLimits>;
@@ -57,7 +57,9 @@ export function configFromEnv(env: NodeJS.ProcessEnv = process.env): ProxyConfig
     platform: PLATFORMS.find((name) => name === platform) ?? 'openwhisk',
     // OpenWhisk's largest action is 48 MB of code, which base64 makes 64 MB; room for the JSON around it.
     maxBodyBytes: integer(env, 'PROXY_MAX_BODY_BYTES', 128 * MiB, 1, Number.MAX_SAFE_INTEGER),
-    maxActivations: integer(env, 'PROXY_MAX_ACTIVATIONS', 0, 0, 1_000_000),
+    // A public Knative endpoint must not let one burst of requests start thousands of processes.
+    maxActivations: integer(env, 'PROXY_MAX_ACTIVATIONS', platform === 'knative' ? 64 : 0, 0, 1_000_000),
+    maxResultBytes: integer(env, 'PROXY_MAX_RESULT_BYTES', DEFAULT_MAX_RESULT_BYTES, 1, Number.MAX_SAFE_INTEGER),
     shutdownGraceMs: 1000 * integer(env, 'PROXY_SHUTDOWN_GRACE_SECONDS', 30, 0, 86_400),
     zipLimits: {
       maxBytes: integer(env, 'PROXY_ZIP_MAX_BYTES', undefined, 0, Number.MAX_SAFE_INTEGER),
@@ -76,141 +78,6 @@ function integer<T extends number | undefined>(env: NodeJS.ProcessEnv, name: str
   return value;
 }
 
-// The one runner and configuration every request shares; set by start().
-let runner: ActionRunner;
-let config: ProxyConfig;
-// Inits run one at a time, so the re-init rule holds when two arrive together.
-let initializing: Promise<unknown> = Promise.resolve();
-let shuttingDown = false;
-
-export interface Failure {
-  ok: false;
-  status: number;
-  error: string;
-}
-export type InitOutcome = { ok: true } | Failure;
-export type RunOutcome = ({ ok: true } & Awaited<ReturnType<ActionRunner['run']>>) | Failure;
-
-/** The arguments and activation fields of one activation. */
-export interface RunMessage {
-  args: unknown;
-  fields: Record<string, unknown>;
-}
-
-function writeSentinels(): void {
-  process.stdout.write(LOG_SENTINEL);
-  process.stderr.write(LOG_SENTINEL);
-}
-
-/** Turns an error into what the client sees; the cause, which the client doesn't see, goes to stderr. */
-function failure(error: unknown): Failure {
-  if (error instanceof ProxyError) {
-    if (error.cause instanceof Error) process.stderr.write(`${error.cause.message}\n`);
-    return { ok: false, status: error.status, error: error.message };
-  }
-  const message = error instanceof Error ? error.message : String(error);
-  process.stderr.write(`${error instanceof Error && error.stack ? error.stack : message}\n`);
-  return { ok: false, status: 500, error: `Internal error. ${message}` };
-}
-
-/**
- * Initializes the action with the init value that `read` produces (reading the request only when the
- * re-init rule lets it through). A rejected re-init logs its message and no sentinel; any other failure
- * logs its cause and the sentinels.
- */
-export function init(read: () => Promise<InitValue>): Promise<InitOutcome> {
-  const outcome = initializing.then(async (): Promise<InitOutcome> => {
-    if (runner.initialized && !config.allowReinit) {
-      process.stderr.write(`${MESSAGES.reinit}\n`);
-      return { ok: false, status: 403, error: MESSAGES.reinit };
-    }
-    try {
-      await runner.init(await read());
-      return { ok: true };
-    } catch (error) {
-      const result = failure(error);
-      writeSentinels();
-      return result;
-    }
-  });
-  initializing = outcome;
-  return outcome;
-}
-
-/** Runs one activation of what `read` produces. Always ends with the sentinels, before the answer. */
-export async function run(read: () => Promise<RunMessage>): Promise<RunOutcome> {
-  try {
-    const message = await read();
-    return { ok: true, ...(await runner.run(message.args, message.fields)) };
-  } catch (error) {
-    return failure(error);
-  } finally {
-    writeSentinels();
-  }
-}
-
-/**
- * The activation fields of a run message: `activation` when present (the newer protocol), else every
- * top-level field but `value`.
- */
-export function activationFields(message: Record<string, unknown>): Record<string, unknown> {
-  if ('activation' in message) {
-    const activation = message.activation ?? {};
-    if (!isObject(activation)) throw new ProxyError(400, 'The activation fields must be a JSON object.');
-    return activation;
-  }
-  const { value: _args, ...fields } = message;
-  return fields;
-}
-
-/** Reads a request body, at most `maxBodyBytes` of it; more is a 413. */
-export function readBody(req: IncomingMessage): Promise<Buffer> {
-  const limit = config.maxBodyBytes;
-  const tooLarge = (): ProxyError => new ProxyError(413, `The request body is larger than the limit of ${limit} bytes (PROXY_MAX_BODY_BYTES).`);
-  if (Number(req.headers['content-length']) > limit) return Promise.reject(tooLarge());
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let length = 0;
-    req.on('data', (chunk: Buffer) => {
-      length += chunk.length;
-      if (length > limit) {
-        req.removeAllListeners('data');
-        req.resume();
-        reject(tooLarge());
-      } else {
-        chunks.push(chunk);
-      }
-    });
-    req.on('end', () => resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, length)));
-    req.on('error', reject);
-  });
-}
-
-/** Parses a JSON request body; an empty body is `undefined`, invalid JSON a 400. */
-export function parseJson(body: Buffer): unknown {
-  if (body.length === 0) return undefined;
-  try {
-    // An ASCII body (base64 code is) decodes faster as latin1, to the same string.
-    return JSON.parse(isAscii(body) ? body.toString('latin1') : body.toString('utf8'));
-  } catch (error) {
-    throw new ProxyError(400, `The request body is not valid JSON: ${(error as Error).message}`);
-  }
-}
-
-export function send(res: ServerResponse, status: number, body: string | Buffer, headers: OutgoingHttpHeaders): void {
-  if (shuttingDown) res.setHeader('Connection', 'close');
-  res.writeHead(status, { ...headers, 'Content-Length': Buffer.byteLength(body) });
-  res.end(body);
-}
-
-export function sendJson(res: ServerResponse, status: number, json: string, headers: OutgoingHttpHeaders = {}): void {
-  send(res, status, json, { 'Content-Type': 'application/json', ...headers });
-}
-
-export function sendError(res: ServerResponse, status: number, error: string, headers: OutgoingHttpHeaders = {}): void {
-  sendJson(res, status, JSON.stringify({ error }), headers);
-}
-
 // Requests Node's HTTP parser refuses before the platform sees them; the rest are a 400.
 const CLIENT_ERRORS: Record<string, { status: number; error: string }> = {
   HPE_HEADER_OVERFLOW: { status: 431, error: 'The request headers are larger than the proxy accepts (node --max-http-header-size, 16 KiB by default).' },
@@ -218,9 +85,30 @@ const CLIENT_ERRORS: Record<string, { status: number; error: string }> = {
 };
 
 /**
+ * The answers each connection still owes. A request Node can't parse is answered only after them: a
+ * pipelined request that was complete keeps its answer, and the error comes after it, in order.
+ */
+const owed = new WeakMap<Socket, { count: number; settled: Array<() => void> }>();
+
+function owe(socket: Socket, res: ServerResponse): void {
+  let debt = owed.get(socket);
+  if (!debt) owed.set(socket, (debt = { count: 0, settled: [] }));
+  debt.count++;
+  const paid = debt;
+  res.once('close', () => {
+    if (--paid.count === 0) for (const wake of paid.settled.splice(0)) wake();
+  });
+}
+
+function afterOwedAnswers(socket: Socket, then: () => void): void {
+  const debt = owed.get(socket);
+  if (debt && debt.count > 0) debt.settled.push(then);
+  else then();
+}
+
+/**
  * Answers a request Node could not parse with a JSON error, as every other answer is (Node's own has no
- * body), and closes the connection. Every answer of the proxy is written whole by one end(), so this
- * lands after complete responses, never inside one; closing waits until they are flushed.
+ * body), after the answers owed to earlier requests on the connection, and closes the connection.
  */
 function answerClientError(error: NodeJS.ErrnoException, socket: Socket): void {
   if (!socket.writable || error.code === 'ECONNRESET') {
@@ -230,9 +118,12 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Socket): void {
   const known = CLIENT_ERRORS[error.code ?? ''];
   const status = known?.status ?? 400;
   const body = JSON.stringify({ error: known?.error ?? `The request is not valid HTTP (${error.code ?? error.message}).` });
-  // A client that stops reading can't hold the connection open.
-  socket.setTimeout(5_000, () => socket.destroy());
-  socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`, () => socket.destroy());
+  afterOwedAnswers(socket, () => {
+    if (!socket.writable) return;
+    // A client that stops reading can't hold the connection open.
+    socket.setTimeout(5_000, () => socket.destroy());
+    socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`, () => socket.destroy());
+  });
 }
 
 /** What a platform provides: how requests map to init and run, and anything to do before listening. */
@@ -255,14 +146,16 @@ export interface StartOptions {
 
 /** Starts the proxy: the platform's preparation, then the server. Resolves once it listens. */
 export async function start(options: StartOptions = {}): Promise<Server> {
-  config = { ...configFromEnv(), ...options.config };
-  runner =
+  const config = { ...configFromEnv(), ...options.config };
+  const runner =
     options.runner ??
-    new ActionRunner({ actionDir: config.actionDir, zipLimits: config.zipLimits, maxActivations: config.maxActivations });
+    new ActionRunner({ actionDir: config.actionDir, zipLimits: config.zipLimits, maxActivations: config.maxActivations, maxResultBytes: config.maxResultBytes });
+  use(runner, { allowReinit: config.allowReinit, maxBodyBytes: config.maxBodyBytes });
   const platform = await loadPlatform(config.platform);
   await platform.prepare?.();
 
   const server = createServer((req, res) => {
+    owe(req.socket, res);
     platform.handle(req, res).catch((error: unknown) => {
       const result = failure(error);
       if (!res.headersSent) sendError(res, result.status, result.error);
@@ -274,14 +167,30 @@ export async function start(options: StartOptions = {}): Promise<Server> {
   server.requestTimeout = 300_000;
   server.keepAliveTimeout = 5_000;
   server.on('clientError', answerClientError);
+  // Node answers an Expect it doesn't know with a bare 417; every answer of the proxy is JSON.
+  server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
+    sendError(res, 417, `The proxy does not support "Expect: ${req.headers.expect}"; only 100-continue.`);
+  });
 
+  let shuttingDown = false;
   const stop = (): void => {
     if (shuttingDown) return;
     shuttingDown = true;
-    server.close(() => process.exit(0));
+    closeConnections();
+    let exitCode = 0;
+    // Once every connection is closed (running activations answered), the idle action processes go too.
+    server.close(() => {
+      void runner.stop(config.shutdownGraceMs).finally(() => process.exit(exitCode));
+    });
     server.closeIdleConnections();
-    // Activations that outlive the grace period are the platform's to kill; the proxy exits anyway.
-    setTimeout(() => process.exit(0), config.shutdownGraceMs).unref();
+    // Activations that outlive the grace period are killed, so none outlives the proxy; their clients
+    // get the signal's 502 if they are still there, and the exit code says work was cut off.
+    setTimeout(() => {
+      const killed = runner.kill();
+      for (const name of killed) process.stderr.write(`The shutdown grace of ${config.shutdownGraceMs / 1000} s ran out: killed the ${name}.\n`);
+      exitCode = killed.length > 0 ? 1 : 0;
+      setTimeout(() => process.exit(exitCode), 1_000).unref();
+    }, config.shutdownGraceMs).unref();
   };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);

@@ -2,19 +2,26 @@
 // action (the action's result shapes the HTTP response). Selected by __OW_RUNTIME_PLATFORM=knative.
 //
 // Dedicated mode (__OW_ACTION_CODE set) initializes before listening; stem-cell mode takes the action
-// from the first request's `init`. Init, run, the environment rules, logs and sentinels are proxy.ts's,
-// shared with the OpenWhisk platform; this file only maps HTTP to them and results back to HTTP.
+// from the first request's `init`. Init, run, the environment rules, logs and sentinels are
+// protocol.ts's, shared with the OpenWhisk platform; this file only maps HTTP to them and results back.
+//
+// A Knative Service is usually public: every body is hostile until read within bounds, and the action's
+// answer must not be able to break the HTTP framing (knative.md, "A public endpoint").
 
 import { isUtf8 } from 'node:buffer';
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
-import { activationFields, init, parseJson, readBody, run, send, sendError, type RunMessage } from '../proxy.ts';
-import { ProxyError, isObject, jsonText, type InitValue } from '../runner.ts';
+import { ProxyError } from '../errors.ts';
+import { compact, isTooDeep, kindOf, member, membersOf, objectText, stringValue, type Member, type Scanned } from '../json.ts';
+import { activationFields, init, readBody, readJson, run, send, sendError } from '../protocol.ts';
+import type { RunMessage } from '../runner.ts';
 
 const METHODS = ['GET', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS'] as const;
 const ENVELOPE_KEYS = ['init', 'activation', 'value'];
 const CORS_METHODS = 'OPTIONS, GET, DELETE, POST, PUT, HEAD, PATCH';
 const CORS_HEADERS = 'Authorization, Origin, X-Requested-With, Content-Type, Accept, User-Agent';
 const NOT_A_DICTIONARY = 'The action did not receive a dictionary as an argument.';
+/** More fields than this in a urlencoded form is a 413: parsing millions blocks the event loop. */
+const MAX_FORM_FIELDS = 1000;
 
 /** What this platform knows beyond the runner: the mode, the allowed methods, raw, the action's name. */
 const state = {
@@ -22,6 +29,8 @@ const state = {
   allowed: new Set<string>(['POST']),
   raw: false,
   actionName: undefined as string | undefined,
+  /** Whether requests may carry platform envelopes (init, activation fields); off for a public service. */
+  envelopes: true,
 };
 
 const isTrue = (text: string | undefined): boolean => text?.toLowerCase() === 'true';
@@ -43,13 +52,16 @@ function parseMethods(text: string | undefined): Set<string> {
 
 /** Reads the platform's environment; in dedicated mode initializes the action before the proxy listens. */
 export async function prepare(env: NodeJS.ProcessEnv = process.env): Promise<void> {
+  const envelopes = env.PROXY_KNATIVE_ENVELOPES ?? '1';
+  if (envelopes !== '0' && envelopes !== '1' && envelopes !== '') throw new Error(`PROXY_KNATIVE_ENVELOPES=${envelopes} is not 0 or 1`);
+  state.envelopes = envelopes !== '0';
   state.allowed = parseMethods(env.__OW_HTTP_METHODS);
   state.actionName = env.__OW_ACTION_NAME || undefined;
   if (env.__OW_ACTION_CODE === undefined) return;
   state.dedicated = true;
   state.raw = isTrue(env.__OW_ACTION_RAW);
-  const value: InitValue = { code: env.__OW_ACTION_CODE, binary: isTrue(env.__OW_ACTION_BINARY), main: env.__OW_ACTION_MAIN };
-  const outcome = await init(async () => value);
+  const value = { code: env.__OW_ACTION_CODE, binary: isTrue(env.__OW_ACTION_BINARY), main: env.__OW_ACTION_MAIN ?? null };
+  const outcome = await init(async () => new Map(Object.entries(value).map(([name, item]) => [name, member(name, JSON.stringify(item))])));
   // The cause is already on stderr; exiting makes Kubernetes show the failure.
   if (!outcome.ok) throw new Error(`The action in __OW_ACTION_CODE failed to initialize: ${outcome.error}`);
 }
@@ -74,37 +86,52 @@ async function respond(req: IncomingMessage, res: ServerResponse, cors: Record<s
     return sendError(res, 405, `This action answers ${allow}, not ${method} (__OW_HTTP_METHODS).`, { ...cors, Allow: allow });
   }
   const body = await readBody(req);
-  const url = new URL(req.url ?? '/', 'http://action');
-  const web: WebFields = {
-    __ow_method: method,
-    __ow_headers: req.headers,
-    __ow_path: url.pathname === '/' ? '' : url.pathname,
+  // The path as sent, not normalised by URL parsing (`//a/../b` stays): it is the action's to read.
+  const target = req.url ?? '/';
+  const queryAt = target.indexOf('?');
+  const path = queryAt === -1 ? target : target.slice(0, queryAt);
+  const request: WebRequest = {
+    body,
+    contentType: req.headers['content-type'],
+    query: queryAt === -1 ? '' : target.slice(queryAt + 1),
+    web: {
+      __ow_method: method,
+      __ow_headers: req.headers,
+      __ow_path: path === '/' ? '' : path,
+    },
   };
-  const contentType = req.headers['content-type'];
-  const json = parseBody(body, contentType);
-  const envelope = isEnvelope(json?.value) ? json.value : undefined;
+  const json = jsonBody(request);
+  const envelope = state.envelopes && json?.members && ENVELOPE_KEYS.some((key) => json.members!.has(key)) ? json.members : undefined;
 
-  if (envelope && 'init' in envelope) {
+  const initMember = envelope?.get('init');
+  if (initMember) {
     if (state.dedicated) throw new ProxyError(403, 'Cannot initialize a runtime with a dedicated function.');
-    const outcome = await init(async () => initValue(envelope.init));
+    const initValue = initMembers(initMember.value);
+    const outcome = await init(async () => initValue);
     if (!outcome.ok) throw new ProxyError(outcome.status, outcome.error);
     // Remembered only once the init succeeded: a failed init changes nothing.
-    const { raw, name } = envelope.init as InitValue;
-    state.raw = raw === true;
-    if (typeof name === 'string' && name !== '') state.actionName = name;
-    if (!('activation' in envelope) && !('value' in envelope)) return send(res, 200, 'OK', { ...cors, 'Content-Type': 'text/html; charset=utf-8' });
+    state.raw = initValue.get('raw')?.value === 'true';
+    const name = initValue.get('name')?.value;
+    if (name !== undefined && kindOf(name) === 'string' && name !== '""') state.actionName = stringValue(name);
+    if (!envelope!.has('activation') && !envelope!.has('value')) return send(res, 200, 'OK', { ...cors, 'Content-Type': 'text/html; charset=utf-8' });
   }
 
-  const outcome = await run(async () => (envelope ? envelopeMessage(envelope, url, web) : webMessage(body, json, contentType, url, web)));
+  const outcome = await run(async () => (envelope ? envelopeMessage(envelope, request) : webMessage(request, json)));
   if (!outcome.ok) throw new ProxyError(outcome.status, outcome.error);
   const response = webResponse(outcome.result);
   send(res, response.status, response.body, withDefaults(response.headers, cors));
 }
 
-interface WebFields {
-  __ow_method: string;
-  __ow_headers: IncomingMessage['headers'];
-  __ow_path: string;
+interface WebRequest {
+  body: Buffer;
+  contentType: string | undefined;
+  /** The query string as sent, without `?`. */
+  query: string;
+  web: {
+    __ow_method: string;
+    __ow_headers: IncomingMessage['headers'];
+    __ow_path: string;
+  };
 }
 
 /** The CORS headers every answer carries unless the action set its own. */
@@ -117,7 +144,7 @@ function corsHeaders(req: IncomingMessage): Record<string, string> {
 }
 
 /** `headers` plus each default whose name (in any case) is not there yet. */
-function withDefaults(headers: Record<string, string>, defaults: Record<string, string>): OutgoingHttpHeaders {
+function withDefaults(headers: OutgoingHttpHeaders, defaults: Record<string, string>): OutgoingHttpHeaders {
   const present = new Set(Object.keys(headers).map((name) => name.toLowerCase()));
   const merged: OutgoingHttpHeaders = { ...headers };
   for (const [name, value] of Object.entries(defaults)) if (!present.has(name.toLowerCase())) merged[name] = value;
@@ -130,71 +157,118 @@ function isJsonType(contentType: string | undefined): boolean {
   return /^application\/([\w.+-]+\+)?json\b/i.test(contentType ?? '');
 }
 
-/**
- * The body as JSON, whatever its Content-Type (`curl -d` says form-urlencoded), or undefined when it is
- * empty or isn't JSON. A body sent as JSON that doesn't parse is a 400.
- */
-function parseBody(body: Buffer, contentType: string | undefined): { value: unknown } | undefined {
-  if (body.length === 0) return undefined;
-  try {
-    return { value: parseJson(body) };
-  } catch (error) {
-    if (isJsonType(contentType)) throw error;
-    return undefined; // text, a form, bytes
+/** Whether the first byte that is not whitespace is `{`. */
+function startsWithBrace(body: Buffer): boolean {
+  for (const byte of body) {
+    if (byte === 0x7b) return true;
+    if (byte !== 0x20 && byte !== 0x09 && byte !== 0x0a && byte !== 0x0d) return false;
   }
+  return false;
 }
 
-/** What platform tooling sends: a JSON object with `init`, `activation` or `value` at its top level. */
-function isEnvelope(value: unknown): value is Record<string, unknown> {
-  return isObject(value) && ENVELOPE_KEYS.some((key) => key in value);
+/**
+ * The body as JSON (scanned within bounds, never parsed whole): a JSON-typed body must be JSON (else a
+ * 400); any other body is tried only when it starts with `{` (`curl -d` says form-urlencoded), and is
+ * not JSON when it doesn't scan. Other bodies never reach the JSON scanner.
+ */
+function jsonBody(request: WebRequest): Scanned | undefined {
+  if (request.body.length === 0) return undefined;
+  if (isJsonType(request.contentType)) return readJson(request.body);
+  if (!startsWithBrace(request.body)) return undefined;
+  try {
+    return readJson(request.body);
+  } catch (error) {
+    // JSON nested too deep is refused whatever its type; anything else that doesn't scan is text or a form.
+    if (error instanceof ProxyError && isTooDeep(error.cause)) throw error;
+    return undefined;
+  }
 }
 
 /** An envelope's `init`, checked before the runner sees it. */
-function initValue(init: unknown): InitValue {
-  if (!isObject(init)) throw new ProxyError(400, 'Unable to process Initialization data: Invalid Init. data; expected an object.');
+function initMembers(text: string): Map<string, Member> {
+  if (kindOf(text) !== 'object') throw new ProxyError(400, 'Unable to process Initialization data: Invalid Init. data; expected an object.');
+  const members = membersOf(text);
   for (const key of ['binary', 'raw']) {
-    if (init[key] !== undefined && typeof init[key] !== 'boolean') {
+    const value = members.get(key)?.value;
+    if (value !== undefined && kindOf(value) !== 'boolean') {
       throw new ProxyError(400, `Unable to process Initialization data: Invalid Init. data; expected boolean for key '${key}'.`);
     }
   }
-  return init;
+  return members;
 }
 
-function envelopeMessage(envelope: Record<string, unknown>, url: URL, web: WebFields): RunMessage {
-  const fields = withActionName('activation' in envelope ? activationFields({ activation: envelope.activation }) : {});
-  const value = 'value' in envelope ? envelope.value : {};
-  const user = { __ow_user: owUser(fields) };
+/**
+ * What platform tooling sends. With `activation`, a run of a web action: the fields are this run's
+ * `__OW_*` variables and the arguments get the `__ow_*` request fields. Without, a direct invocation:
+ * the arguments are exactly `value`.
+ */
+function envelopeMessage(envelope: Map<string, Member>, request: WebRequest): RunMessage {
+  const withActivation = envelope.has('activation');
+  const fields = withActionName(withActivation ? activationFields(envelope) : new Map());
+  const value = envelope.get('value')?.value ?? '{}';
+  const requestFields = withActivation ? webFields(request, fields) : [];
   if (state.raw) {
-    const rawBody = typeof value === 'string' ? value : value === undefined || value === null ? '' : Buffer.from(jsonText(value, 400, 'The value is')).toString('base64');
-    return { args: { ...web, ...user, __ow_body: rawBody, __ow_query: url.search.slice(1) }, fields };
+    const kind = kindOf(value);
+    const rawBody = kind === 'string' ? stringValue(value) : kind === 'null' ? '' : Buffer.from(compact(value)).toString('base64');
+    return { args: objectText([...requestFields, member('__ow_body', JSON.stringify(rawBody)), member('__ow_query', JSON.stringify(request.query))]), fields };
   }
-  if (!isObject(value)) throw new ProxyError(400, NOT_A_DICTIONARY);
-  return { args: { ...value, ...web, ...user }, fields };
+  if (kindOf(value) !== 'object') throw new ProxyError(400, NOT_A_DICTIONARY);
+  return { args: objectText(merge(membersOf(value).values(), requestFields)), fields };
 }
 
-function webMessage(body: Buffer, json: { value: unknown } | undefined, contentType: string | undefined, url: URL, web: WebFields): RunMessage {
-  const fields = withActionName({});
-  const common = { ...web, __ow_user: owUser(fields) };
+function webMessage(request: WebRequest, json: Scanned | undefined): RunMessage {
+  const fields = withActionName(new Map());
+  const requestFields = webFields(request, fields);
+  const { body, contentType } = request;
   if (state.raw) {
     const text = body.length > 0 && isText(body, contentType) && !isJsonType(contentType);
-    return { args: { ...common, __ow_body: text ? body.toString('utf8') : body.toString('base64'), __ow_query: url.search.slice(1) }, fields };
+    const rawBody = text ? body.toString('utf8') : body.toString('base64');
+    return { args: objectText([...requestFields, member('__ow_body', JSON.stringify(rawBody)), member('__ow_query', JSON.stringify(request.query))]), fields };
   }
-  return { args: { ...Object.fromEntries(url.searchParams), ...bodyArguments(body, json, contentType), ...common }, fields };
+  const query = [...new URLSearchParams(request.query)].map(([name, value]) => member(name, JSON.stringify(value)));
+  return { args: objectText(merge(query, bodyArguments(request, json), requestFields)), fields };
+}
+
+/** Members in order, a later one replacing an earlier one of the same name in its place (as object spread does). */
+function merge(...groups: Iterable<Member>[]): Iterable<Member> {
+  const merged = new Map<string, Member>();
+  for (const group of groups) for (const entry of group) merged.set(entry.key, entry);
+  return merged.values();
+}
+
+/** The request fields every run with a request behind it gets. */
+function webFields(request: WebRequest, fields: Map<string, string>): Member[] {
+  return [
+    member('__ow_method', JSON.stringify(request.web.__ow_method)),
+    member('__ow_headers', JSON.stringify(request.web.__ow_headers)),
+    member('__ow_path', JSON.stringify(request.web.__ow_path)),
+    member('__ow_user', JSON.stringify(owUser(fields))),
+  ];
 }
 
 /** A web request's body as arguments: a JSON object's or a form's fields, else `__ow_body`. */
-function bodyArguments(body: Buffer, json: { value: unknown } | undefined, contentType: string | undefined): Record<string, unknown> {
-  if (body.length === 0) return {};
-  const text = body.toString('utf8');
-  const isForm = FORM_TYPE.test(contentType ?? '');
-  if (isJsonType(contentType) || (isForm && /^\s*[[{]/.test(text))) {
-    // Parsed already; parsing again only to throw the 400 with the parser's message.
-    const parsed = json ? json.value : parseJson(body);
-    if (!isObject(parsed)) throw new ProxyError(400, NOT_A_DICTIONARY);
-    return parsed;
+function bodyArguments(request: WebRequest, json: Scanned | undefined): Iterable<Member> {
+  const { body, contentType } = request;
+  if (body.length === 0) return [];
+  if (json) {
+    if (!json.members) throw new ProxyError(400, NOT_A_DICTIONARY);
+    return json.members.values();
   }
-  if (isForm) return Object.fromEntries(new URLSearchParams(text));
-  return { __ow_body: isText(body, contentType) ? text : body.toString('base64') };
+  if (isJsonType(contentType)) throw new ProxyError(400, NOT_A_DICTIONARY);
+  if (FORM_TYPE.test(contentType ?? '')) {
+    if (countOf(body, 0x26 /* & */, MAX_FORM_FIELDS) >= MAX_FORM_FIELDS) {
+      throw new ProxyError(413, `The form has more than ${MAX_FORM_FIELDS} fields.`);
+    }
+    return [...new URLSearchParams(body.toString('utf8'))].map(([name, value]) => member(name, JSON.stringify(value)));
+  }
+  return [member('__ow_body', JSON.stringify(isText(body, contentType) ? body.toString('utf8') : body.toString('base64')))];
+}
+
+/** How often `byte` occurs in `body`, counting no further than `limit`. */
+function countOf(body: Buffer, byte: number, limit: number): number {
+  let count = 0;
+  for (let at = body.indexOf(byte); at !== -1 && count < limit; at = body.indexOf(byte, at + 1)) count++;
+  return count;
 }
 
 /** Text is what says so in its Content-Type, or, without one, what is valid UTF-8. */
@@ -204,71 +278,98 @@ function isText(body: Buffer, contentType: string | undefined): boolean {
 }
 
 /** The activation fields, with the action's name from init or __OW_ACTION_NAME unless the request gave one. */
-function withActionName(fields: Record<string, unknown>): Record<string, unknown> {
-  return state.actionName !== undefined && !('action_name' in fields) ? { ...fields, action_name: state.actionName } : fields;
+function withActionName(fields: Map<string, string>): Map<string, string> {
+  const given = fields.get('action_name');
+  if (state.actionName !== undefined && (given === undefined || given === '""')) fields.set('action_name', JSON.stringify(state.actionName));
+  return fields;
 }
 
-function owUser(fields: Record<string, unknown>): string {
-  const namespace = fields.namespace;
-  if (typeof namespace === 'string' && namespace !== '') return namespace;
+function owUser(fields: Map<string, string>): string {
+  const namespace = fields.get('namespace');
+  if (namespace !== undefined && kindOf(namespace) === 'string' && namespace !== '""') return stringValue(namespace);
   return process.env.__OW_NAMESPACE ?? '';
 }
 
 interface WebResponse {
   status: number;
-  headers: Record<string, string>;
+  headers: OutgoingHttpHeaders;
   body: string | Buffer;
 }
 
+/** The result fields that shape the response; the rest is the body when there is no `body`. */
+const RESPONSE_FIELDS = ['statusCode', 'headers', 'body'];
 const BINARY_TYPE = /^(image\/|audio\/|video\/|application\/(octet-stream|pdf|zip)\b)/i;
 const STRICT_BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
+/** Headers that belong to the connection or the framing: only the proxy sets those. */
+const FRAMING_HEADERS = new Set(['content-length', 'transfer-encoding', 'connection', 'keep-alive', 'upgrade', 'trailer', 'te', 'proxy-connection']);
+const TOKEN = /^[!#$%&'*+.^_`|~\w-]+$/;
+// What Node refuses in a header value: control characters but tab, and anything above U+00FF.
+const INVALID_HEADER_VALUE = /[^\t\x20-\x7e\x80-\xff]/;
 
-/** The action's result as an HTTP response, by the web action rules; a result that can't be one is a 502. */
-function webResponse(result: object): WebResponse {
+/**
+ * The action's result as an HTTP response, by the web action rules; a result that can't be one is a 502.
+ * Bodies are the result's own texts (numbers as the action wrote them), never parsed and re-serialized.
+ */
+function webResponse(result: Scanned): WebResponse {
   let status = 200;
-  const headers: Record<string, string> = {};
-  let body: unknown = result;
-  if (isObject(result)) {
-    const { statusCode, headers: given, body: explicit, ...rest } = result;
+  let headers: OutgoingHttpHeaders = {};
+  let body: string | undefined = result.text; // a JSON text, or undefined for no body
+  if (result.members) {
+    const field = (name: string): string | undefined => result.members!.get(name)?.value;
+    const statusCode = field('statusCode');
+    const given = field('headers');
     if (statusCode !== undefined) status = statusCodeOf(statusCode);
-    if (given !== undefined) Object.assign(headers, headersOf(given));
-    body = 'body' in result ? explicit : Object.keys(rest).length > 0 ? rest : undefined;
+    if (given !== undefined) headers = headersOf(given);
+    const others = [...result.members].filter(([name]) => !RESPONSE_FIELDS.includes(name)).map(([, entry]) => entry);
+    body = field('body') ?? (others.length > 0 ? objectText(others) : undefined);
   }
-  if (body === undefined || body === null || body === '') {
+  if (body === undefined || body === 'null' || body === '""') {
     if (status === 200) status = 204;
     return { status, headers, body: '' };
   }
+  // 204 and 304 have no body (RFC 9110); Node would drop it anyway.
+  if (status === 204 || status === 304) return { status, headers, body: '' };
   const typeName = Object.keys(headers).find((name) => name.toLowerCase() === 'content-type');
-  const contentType = typeName === undefined ? undefined : headers[typeName];
-  if (typeof body === 'string') {
-    if (contentType === undefined) headers['Content-Type'] = 'text/html; charset=utf-8';
-    else if (BINARY_TYPE.test(contentType)) {
-      const compact = body.replace(/\s+/g, '');
-      if (!STRICT_BASE64.test(compact)) throw new ProxyError(502, `The action's ${contentType} body is not valid base64.`);
-      return { status, headers, body: Buffer.from(compact, 'base64') };
-    }
+  const contentType = typeName === undefined ? undefined : String(headers[typeName]);
+  if (kindOf(body) !== 'string') {
+    if (contentType === undefined) headers['Content-Type'] = 'application/json';
     return { status, headers, body };
   }
-  if (contentType === undefined) headers['Content-Type'] = 'application/json';
-  return { status, headers, body: jsonText(body, 502, "The action's result is") };
+  const text = stringValue(body);
+  if (contentType === undefined) headers['Content-Type'] = 'text/html; charset=utf-8';
+  else if (BINARY_TYPE.test(contentType)) {
+    const compacted = text.replace(/\s+/g, '');
+    if (!STRICT_BASE64.test(compacted)) throw new ProxyError(502, `The action's ${contentType} body is not valid base64.`);
+    return { status, headers, body: Buffer.from(compacted, 'base64') };
+  }
+  return { status, headers, body: text };
 }
 
-function statusCodeOf(value: unknown): number {
-  const code = typeof value === 'string' && /^\d+$/.test(value.trim()) ? Number(value) : value;
-  if (typeof code !== 'number' || !Number.isInteger(code) || code < 100 || code > 599) {
-    throw new ProxyError(502, `The action returned an invalid statusCode: ${JSON.stringify(value)}.`);
-  }
+/** An integer 200–599, or a string of one; 1xx answers are interim, never an action's final answer. */
+function statusCodeOf(text: string): number {
+  const kind = kindOf(text);
+  const digits = kind === 'string' ? stringValue(text).trim() : kind === 'number' ? text : '';
+  const code = /^\d{3}$/.test(digits) ? Number(digits) : NaN;
+  if (!(code >= 200 && code <= 599)) throw new ProxyError(502, `The action returned an invalid statusCode: ${text.length > 100 ? `${text.slice(0, 100)}…` : text}.`);
   return code;
 }
 
-function headersOf(value: unknown): Record<string, string> {
-  if (!isObject(value)) throw new ProxyError(502, 'The action returned headers that are not an object.');
-  const headers: Record<string, string> = {};
-  for (const [name, item] of Object.entries(value)) {
-    // A header value is text on one line: CR or LF would let the action write headers of its own.
-    const valid = ['string', 'number', 'boolean'].includes(typeof item) && /^[!#$%&'*+.^_`|~\w-]+$/.test(name) && !/[\r\n\0]/.test(String(item));
-    if (!valid) throw new ProxyError(502, `The action returned an invalid header: ${JSON.stringify(name)}: ${JSON.stringify(item)}.`);
-    headers[name] = String(item);
+/** The action's headers: names that are tokens, values Node can send (one per line, or an array of them). */
+function headersOf(text: string): OutgoingHttpHeaders {
+  if (kindOf(text) !== 'object') throw new ProxyError(502, 'The action returned headers that are not an object.');
+  const headers: OutgoingHttpHeaders = {};
+  for (const [name, entry] of membersOf(text)) {
+    const kind = kindOf(entry.value);
+    const items = kind === 'array' ? (JSON.parse(entry.value) as unknown[]) : [JSON.parse(entry.value) as unknown];
+    const values = items.map((item) => (['string', 'number', 'boolean'].includes(typeof item) ? String(item) : undefined));
+    // CR, LF or other control characters would let the action write headers of its own, or make Node throw.
+    const valid = TOKEN.test(name) && values.every((value) => value !== undefined && !INVALID_HEADER_VALUE.test(value));
+    if (!valid) {
+      const shown = entry.value.length > 100 ? `${entry.value.slice(0, 100)}…` : entry.value;
+      throw new ProxyError(502, `The action returned an invalid header: ${JSON.stringify(name)}: ${shown}.`);
+    }
+    if (FRAMING_HEADERS.has(name.toLowerCase())) continue;
+    headers[name] = kind === 'array' ? (values as string[]) : values[0]!;
   }
   return headers;
 }

@@ -129,7 +129,7 @@ describe('init', { concurrency: true }, () => {
       assert.equal((await proxy.post('/init', { value: { code: 'x', binary: 'yes' } })).status, 502);
       await proxy.sentinels(2);
       assert.match(proxy.stderr.text, /'code' must be a string/);
-      assert.match(proxy.stderr.text, /'binary' must be a boolean, not string/);
+      assert.match(proxy.stderr.text, /'binary' must be a boolean, not a string/);
       assert.deepEqual((await proxy.post('/run', {})).json(), STUB_RESULT);
       assert.equal((await proxy.post('/init', { value: { code: '#!/bin/sh\necho \'{"script":true}\'\n', binary: null } })).status, 200);
       assert.deepEqual((await proxy.post('/run', {})).json(), { script: true });
@@ -367,15 +367,20 @@ describe('run', { concurrency: true }, () => {
       assert.deepEqual(proxy.stderr.buffer, Buffer.concat([Buffer.from('err \xc0\n', 'latin1'), Buffer.from(SENTINEL)]));
     }));
 
-  test('an action killed by a signal: its result counts if it printed one, else 502', () =>
+  test('an action killed by a signal → 502 naming it, even after printing JSON; a non-zero exit with JSON is a result, the code logged', () =>
     withProxy({}, async (proxy) => {
-      const code = '#!/bin/sh\necho before\nif [ "$1" = \'{"print":true}\' ]; then echo \'{"printed":true}\'; fi\nkill -9 $$\n';
+      const code = '#!/bin/sh\necho \'{"stale":true}\'\nif [ "$1" = \'{"exit":3}\' ]; then exit 3; fi\nkill -9 $$\n';
       assert.equal((await initScript(proxy, code)).status, 200);
-      assert.deepEqual((await proxy.post('/run', { value: { print: true } })).json(), { printed: true });
-      const res = await proxy.post('/run', { value: {} });
-      assert.equal(res.status, 502);
-      assert.deepEqual(res.json(), BAD_RESULT);
+      const killed = await proxy.post('/run', { value: {} });
+      assert.equal(killed.status, 502);
+      assert.deepEqual(killed.json(), { error: 'The action was terminated by signal SIGKILL. See logs for details.' });
+      await proxy.sentinels(1);
+      assert.equal(proxy.stdout.text, `{"stale":true}\n${SENTINEL}`, 'the stale result is a log line');
+      assert.equal(proxy.stderr.text, `The action was terminated by signal SIGKILL.\n${SENTINEL}`);
+      const exited = await proxy.post('/run', { value: { exit: 3 } });
+      assert.deepEqual(exited.json(), { stale: true });
       await proxy.sentinels(2);
+      assert.equal(proxy.stderr.text, `The action was terminated by signal SIGKILL.\n${SENTINEL}The action exited with code 3.\n${SENTINEL}`);
     }));
 
   test('the activation ends when both pipes are drained, not when exec exits: a background writer counts', () =>
@@ -389,19 +394,24 @@ describe('run', { concurrency: true }, () => {
       assert.equal(proxy.stderr.text, `late log\n${SENTINEL}`);
     }));
 
-  test('arguments nested 100,000 deep → 400 naming the cause, sentinels; such a result passes through', () =>
+  test('nesting over 1,000 levels → 400 from the scan, sentinels; 1,000 levels pass; such a result → 502, the reason logged', () =>
     withProxy({}, async (proxy) => {
-      const deep = `${'['.repeat(100_000)}${']'.repeat(100_000)}`;
-      assert.equal((await initScript(proxy, `#!/bin/sh\necho '${deep}'\n`)).status, 200);
-      for (const body of [`{"value":{"a":${deep}}}`, `{"value":{},"deadline":${deep}}`]) {
+      const nest = (levels: number): string => `${'['.repeat(levels)}${']'.repeat(levels)}`;
+      assert.equal((await initScript(proxy, `#!/bin/sh\nif [ "$1" = '{}' ]; then echo '${nest(1001)}'; else echo "$1"; fi\n`)).status, 200);
+      // The body's own object is one level: the value may nest 999 more.
+      const deepest = `{"a":${nest(998)}}`;
+      assert.equal((await proxy.post('/run', `{"value":${deepest}}`)).text, deepest);
+      for (const body of [`{"value":{"a":${nest(999)}}}`, `{"value":{},"deadline":${nest(1000)}}`]) {
         const res = await proxy.post('/run', body);
         assert.equal(res.status, 400);
-        assert.match(res.text, /^\{"error":".* nested too deeply to pass on \(Maximum call stack size exceeded\)\."\}$/);
+        assert.match(res.text, /^\{"error":"The request body is nested deeper than 1000 levels \(at position 10\d\d\)\."\}$/);
       }
       const res = await proxy.post('/run', { value: {} });
-      assert.equal(res.status, 200);
-      assert.equal(res.text, deep);
-      await proxy.sentinels(3);
+      assert.equal(res.status, 502);
+      assert.deepEqual(res.json(), BAD_RESULT);
+      await proxy.sentinels(4);
+      assert.match(proxy.stderr.text, /The action's result is not valid JSON: nested deeper than 1000 levels/);
+      assert.ok(proxy.stdout.text.includes(nest(1001)), 'the result is in the logs');
     }));
 
   test('an 8 MiB result comes back whole', () =>

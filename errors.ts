@@ -1,0 +1,31 @@
+// The vocabulary every layer speaks: the error that carries its HTTP status, and the fixed texts
+// clients see. It sits at the bottom of the import graph so that nothing has to import upward for it.
+
+/** The fixed texts clients see; the specific cause goes to the logs. */
+export const MESSAGES = {
+  reinit: 'Cannot initialize the action more than once.',
+  initFailed: 'The action failed to generate or locate a binary. See logs for details.',
+  noBinary: 'The action failed to locate a binary. See logs for details.',
+  badArguments: 'The action did not receive a dictionary or array as an argument.',
+  badResult: 'The action did not return a dictionary or array.',
+} as const;
+
+/**
+ * The status of a request whose client went away before it was answered (nginx's "client closed
+ * request"). Nothing is sent and nothing is logged for it: there is no one to answer, and no activation ran.
+ */
+export const CLIENT_CLOSED = 499;
+
+/** An error that knows its HTTP status. Only the HTTP layer turns it into a response. */
+export class ProxyError extends Error {
+  readonly status: number;
+  constructor(status: number, message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = 'ProxyError';
+    this.status = status;
+  }
+}
+
+export function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}

@@ -1,0 +1,141 @@
+// What an executor is: the way activations of the installed action are run. There are two, chosen once
+// at start-up: a process per activation (executors/process.ts, the original proxy's protocol) and a pool
+// of long-lived action processes that take one activation per line (executors/loop.ts, OpenWhisk's
+// action-loop protocol). The runner talks to either through this interface and never asks which it has.
+//
+// Both read an action's output the same way, so that is here too: log lines forwarded as they arrive
+// and never split below 1 MiB, the result line held up to its limit and judged by one rule.
+
+import type { Readable, Writable } from 'node:stream';
+import { MESSAGES, ProxyError } from '../errors.ts';
+import { scan, type Scanned } from '../json.ts';
+
+export interface Activation {
+  /** The arguments' JSON text (an object or an array), as the client sent it. */
+  args: string;
+  /** The activation fields: name → JSON text as sent. */
+  fields: Map<string, string>;
+  /** The process environment of this activation (the per-activation executor's; a loop process has its own). */
+  env: Record<string, string>;
+}
+
+export interface Executor {
+  /**
+   * Gets the action now in the action directory ready to run, with `env` as its base environment (the
+   * loop executor starts a process and waits for its ack). Throwing fails the init. Called after every
+   * successful install, and once at start-up for the action the image brings.
+   */
+  start(env: Record<string, string>): Promise<void>;
+  /** Runs one activation; resolves with its result, an object or array, or rejects with a ProxyError. */
+  run(activation: Activation): Promise<Scanned>;
+  /** Kills every action process that is running an activation, each with its process group; returns a line for each. */
+  kill(): string[];
+  /** Ends idle action processes at shutdown, within `graceMs`. */
+  stop(graceMs: number): Promise<void>;
+}
+
+/** Where an action's output goes. */
+export interface Logs {
+  stdout: Writable;
+  stderr: Writable;
+}
+
+/** Log lines up to this length are forwarded whole; longer ones in pieces, so memory doesn't follow them. */
+export const MAX_LOG_LINE_BYTES = 1024 * 1024;
+
+const NEWLINE = 0x0a;
+
+export function resultTooLarge(limit: number): string {
+  return `The action's result is larger than the limit of ${limit} bytes (PROXY_MAX_RESULT_BYTES).`;
+}
+
+/**
+ * Forwards complete lines from an action's pipe to a log as they arrive and returns a function giving
+ * what was held back at the end: with `holdLast`, the last line (the result candidate, which is only
+ * known once the pipe ends), else an unfinished line. A line is held up to `maxHeld` bytes; a longer one
+ * is forwarded in pieces as it comes, and if it was the last line the function gives `undefined`. A
+ * full log pauses the pipe.
+ */
+export function forwardLines(from: Readable, to: Writable, holdLast: boolean, maxHeld: number): () => Buffer | undefined {
+  let held: Buffer[] = [];
+  let heldBytes = 0;
+  let heldEndsLine = false;
+  // The current line's start has been forwarded: it can't be held whole any more.
+  let spilled = false;
+  // Parts are written one by one, never concatenated: a long line costs no copy.
+  const emit = (parts: Buffer[]): void => {
+    let full = false;
+    for (const part of parts) full = !to.write(part) || full;
+    if (full) {
+      from.pause();
+      to.once('drain', () => from.resume());
+    }
+  };
+  const hold = (parts: Buffer[]): void => {
+    held = parts;
+    heldBytes = 0;
+    for (const part of parts) heldBytes += part.length;
+  };
+  from.on('data', (chunk: Buffer) => {
+    // With holdLast, a newline that ends the chunk may end the output: it does not release the line.
+    const searchEnd = holdLast ? chunk.length - 2 : chunk.length - 1;
+    const cut = searchEnd < 0 ? -1 : chunk.lastIndexOf(NEWLINE, searchEnd);
+    if (cut !== -1) {
+      emit([...held, chunk.subarray(0, cut + 1)]);
+      hold(cut + 1 < chunk.length ? [chunk.subarray(cut + 1)] : []);
+      spilled = false;
+    } else if (heldEndsLine) {
+      emit(held);
+      hold([chunk]);
+      spilled = false;
+    } else if (spilled) {
+      emit([chunk]);
+    } else {
+      held.push(chunk);
+      heldBytes += chunk.length;
+    }
+    heldEndsLine = holdLast && chunk[chunk.length - 1] === NEWLINE;
+    if (heldBytes > maxHeld) {
+      emit(held);
+      hold([]);
+      spilled = true;
+    }
+  });
+  return () => {
+    if (spilled && holdLast) return undefined;
+    const rest = held.length === 1 ? held[0]! : Buffer.concat(held, heldBytes);
+    hold([]);
+    return rest;
+  };
+}
+
+/**
+ * Judges an action's result line: a JSON object or array is the result; anything else is written to the
+ * logs and answered 502. `undefined` is a line that was longer than the limit (already in the logs).
+ */
+export function resultOf(line: Buffer | undefined, logs: Logs, maxResultBytes: number): Scanned {
+  if (line === undefined) throw new ProxyError(502, resultTooLarge(maxResultBytes));
+  const candidate = trim(line);
+  const text = candidate.toString('utf8');
+  try {
+    const json = scan(text);
+    if (json.kind === 'object' || json.kind === 'array') return json;
+  } catch (error) {
+    // Say why a result that looks like JSON isn't (too deep, cut off); plain text needs no explaining.
+    if (/^[[{]/.test(text)) logs.stderr.write(`The action's result is not valid JSON: ${(error as Error).message}\n`);
+  }
+  logs.stdout.write(Buffer.concat([candidate, Buffer.from('\n')]));
+  throw new ProxyError(502, MESSAGES.badResult);
+}
+
+function isSpace(byte: number | undefined): boolean {
+  return byte === 0x20 || (byte !== undefined && byte >= 0x09 && byte <= 0x0d);
+}
+
+export function trim(bytes: Buffer): Buffer {
+  let start = 0;
+  let end = bytes.length;
+  while (start < end && isSpace(bytes[start])) start++;
+  while (end > start && isSpace(bytes[end - 1])) end--;
+  return bytes.subarray(start, end);
+}

@@ -1,0 +1,135 @@
+// A process per activation, the original proxy's protocol: `exec` is started with the arguments' JSON as
+// argv[1] (when it fits) and on stdin; its stdout lines but the last are logs, the last is the result.
+// Each process leads a process group of its own, so that what it started can be killed with it.
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import { MESSAGES, ProxyError } from '../errors.ts';
+import { verify } from '../install.ts';
+import { stringValue, type Scanned } from '../json.ts';
+import { MAX_LOG_LINE_BYTES, forwardLines, resultOf, trim, type Activation, type Executor, type Logs } from './executor.ts';
+
+// linux/binfmts.h MAX_ARG_STRLEN is 32 pages (131072 bytes) including the terminating NUL.
+const MAX_ARG_STRLEN = 131071;
+
+/** Why a process can't be started that is the proxy's or the system's shortage, not the action's fault. */
+const EXHAUSTED = new Set(['EMFILE', 'ENFILE', 'EAGAIN', 'ENOMEM']);
+
+export interface ProcessExecutorOptions {
+  actionDir: string;
+  binary: string;
+  /** Where the action's output goes; looked up at each activation. */
+  logs: () => Logs;
+  maxResultBytes: number;
+}
+
+/**
+ * Why `exec` could not be started: a 503 to try again when something ran out, else the original's 502
+ * with the cause in the logs (an empty file, a missing interpreter).
+ */
+export function startFailure(error: unknown, logs: Logs): ProxyError {
+  const code = (error as NodeJS.ErrnoException).code;
+  if (code !== undefined && EXHAUSTED.has(code)) {
+    return new ProxyError(503, `The proxy could not start the action (${code}). Try again.`, { cause: error });
+  }
+  logs.stdout.write(`${(error as Error).message}\n`);
+  return new ProxyError(502, MESSAGES.badResult);
+}
+
+/** How an action process is named in the logs: its activation's id when it has one, and its pid. */
+export function describeProcess(pid: number | undefined, fields?: Map<string, string>): string {
+  const id = fields?.get('activation_id');
+  return id?.startsWith('"') ? `activation ${stringValue(id)} (process ${pid})` : `process ${pid}`;
+}
+
+/** Kills a process and its process group; a group that is gone already is fine. */
+export function killGroup(child: ChildProcess): void {
+  try {
+    process.kill(-child.pid!, 'SIGKILL');
+  } catch {
+    child.kill('SIGKILL');
+  }
+}
+
+export class ProcessExecutor implements Executor {
+  private readonly options: ProcessExecutorOptions;
+  /** The processes running now, with how to name them. */
+  private readonly running = new Map<ChildProcess, string>();
+
+  constructor(options: ProcessExecutorOptions) {
+    this.options = options;
+  }
+
+  /** Nothing to get ready: every activation starts `exec` afresh. */
+  async start(): Promise<void> {}
+
+  async stop(): Promise<void> {}
+
+  kill(): string[] {
+    for (const child of this.running.keys()) killGroup(child);
+    return [...this.running.values()];
+  }
+
+  run(activation: Activation): Promise<Scanned> {
+    const { binary, actionDir, maxResultBytes } = this.options;
+    const logs = this.options.logs();
+    const stats = verify(binary);
+    if (!stats) return Promise.reject(new ProxyError(502, MESSAGES.noBinary, { cause: new Error(`${binary} is not an executable file`) }));
+    // glibc's execvp would run an empty file through /bin/sh and "succeed"; the kernel says ENOEXEC.
+    if (stats.size === 0) return Promise.reject(startFailure(new Error(`spawn ${binary} ENOEXEC: exec format error (the file is empty)`), logs));
+
+    return new Promise((resolve, reject) => {
+      const { args, env } = activation;
+      const argv = Buffer.byteLength(args) <= MAX_ARG_STRLEN ? [args] : [];
+      let child: ChildProcess;
+      try {
+        child = spawn(binary, argv, { cwd: actionDir, env, stdio: 'pipe', detached: true });
+      } catch (error) {
+        return reject(startFailure(error, logs));
+      }
+      // One answer per activation, whichever of its terminal events comes first.
+      let settled = false;
+      const settle = (outcome: () => Scanned): void => {
+        if (settled) return;
+        settled = true;
+        this.running.delete(child);
+        try {
+          resolve(outcome());
+        } catch (error) {
+          reject(error);
+        }
+      };
+      child.on('error', (error) => {
+        if (child.pid !== undefined) return; // a failed kill of a running process: its close still comes
+        // It never started, so there is no output to wait for. Out of descriptors, Node leaves the pipes
+        // unset; otherwise they exist and are closed here.
+        for (const pipe of [child.stdin, child.stdout, child.stderr]) pipe?.destroy();
+        settle(() => {
+          throw startFailure(error, logs);
+        });
+      });
+      if (child.pid === undefined) return;
+
+      this.running.set(child, describeProcess(child.pid, activation.fields));
+      child.stdin!.on('error', () => {}); // EPIPE: an action need not read its input
+      child.stdin!.end(args);
+      const lastLine = forwardLines(child.stdout!, logs.stdout, true, maxResultBytes);
+      const stderrRest = forwardLines(child.stderr!, logs.stderr, false, MAX_LOG_LINE_BYTES);
+      // The activation ends when the process has exited and both pipes are drained.
+      child.on('close', (code, signal) =>
+        settle(() => {
+          const rest = stderrRest();
+          if (rest?.length) logs.stderr.write(rest);
+          const line = lastLine();
+          if (signal !== null) {
+            // Whatever it printed last is not a result (an OOM kill must not return a stale one): a log line.
+            if (line?.length) logs.stdout.write(Buffer.concat([trim(line), Buffer.from('\n')]));
+            logs.stderr.write(`The action was terminated by signal ${signal}.\n`);
+            throw new ProxyError(502, `The action was terminated by signal ${signal}. See logs for details.`);
+          }
+          if (code !== 0) logs.stderr.write(`The action exited with code ${code}.\n`);
+          return resultOf(line, logs, maxResultBytes);
+        }),
+      );
+    });
+  }
+}

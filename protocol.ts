@@ -1,0 +1,186 @@
+// The rules every platform shares, below the platforms and above the runner: one initialization unless
+// re-init is allowed, the log sentinels, bounded request bodies read as JSON without losing a digit, and
+// the translation of errors into a status and a fixed text. A platform (platforms/openwhisk.ts,
+// platforms/knative.ts) only maps HTTP to `init` and `run` and their outcomes back to HTTP.
+
+import { isAscii, isUtf8 } from 'node:buffer';
+import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import { CLIENT_CLOSED, MESSAGES, ProxyError } from './errors.ts';
+import { isTooDeep, membersOf, scan, type Member, type Scanned } from './json.ts';
+import type { ActionRunner, RunMessage } from './runner.ts';
+
+/** Ends each activation's logs on stdout and on stderr, so the invoker knows where they end. */
+export const LOG_SENTINEL = 'XXX_THE_END_OF_A_WHISK_ACTIVATION_XXX\n';
+
+export interface ProtocolSettings {
+  /** Whether more than one successful init is allowed (local development). */
+  allowReinit: boolean;
+  /** The largest request body read; more is answered 413. */
+  maxBodyBytes: number;
+}
+
+// The one runner and settings every request shares; set by use() before the server listens.
+let runner: ActionRunner;
+let settings: ProtocolSettings;
+// Inits run one at a time, so the re-init rule holds when two arrive together.
+let initializing: Promise<unknown> = Promise.resolve();
+let closing = false;
+
+/** Sets the runner and settings every request uses. */
+export function use(actionRunner: ActionRunner, protocolSettings: ProtocolSettings): void {
+  runner = actionRunner;
+  settings = protocolSettings;
+}
+
+/** From now on every answer closes its connection: the proxy is shutting down. */
+export function closeConnections(): void {
+  closing = true;
+}
+
+export interface Failure {
+  ok: false;
+  status: number;
+  error: string;
+}
+export type InitOutcome = { ok: true } | Failure;
+export type RunOutcome = { ok: true; result: Scanned } | Failure;
+
+function writeSentinels(): void {
+  process.stdout.write(LOG_SENTINEL);
+  process.stderr.write(LOG_SENTINEL);
+}
+
+/** Turns an error into what the client sees; the cause, which the client doesn't see, goes to stderr. */
+export function failure(error: unknown): Failure {
+  if (error instanceof ProxyError) {
+    if (error.cause instanceof Error && error.status !== CLIENT_CLOSED) process.stderr.write(`${error.cause.message}\n`);
+    return { ok: false, status: error.status, error: error.message };
+  }
+  const message = error instanceof Error ? error.message : String(error);
+  process.stderr.write(`${error instanceof Error && error.stack ? error.stack : message}\n`);
+  return { ok: false, status: 500, error: `Internal error. ${message}` };
+}
+
+/**
+ * Initializes the action with the init value's members that `read` produces (reading the request only
+ * when the re-init rule lets it through). A rejected re-init logs its message and no sentinel; any
+ * other failure logs its cause and the sentinels, unless the client went away before sending it all.
+ */
+export function init(read: () => Promise<Map<string, Member>>): Promise<InitOutcome> {
+  const outcome = initializing.then(async (): Promise<InitOutcome> => {
+    if (runner.initialized && !settings.allowReinit) {
+      process.stderr.write(`${MESSAGES.reinit}\n`);
+      return { ok: false, status: 403, error: MESSAGES.reinit };
+    }
+    try {
+      await runner.init(await read());
+      return { ok: true };
+    } catch (error) {
+      const result = failure(error);
+      if (result.status !== CLIENT_CLOSED) writeSentinels();
+      return result;
+    }
+  });
+  initializing = outcome;
+  return outcome;
+}
+
+/**
+ * Runs one activation of what `read` produces. Ends with the sentinels, before the answer, unless the
+ * client went away before the activation could start.
+ */
+export async function run(read: () => Promise<RunMessage>): Promise<RunOutcome> {
+  let outcome: RunOutcome;
+  try {
+    const message = await read();
+    outcome = { ok: true, result: await runner.run(message) };
+  } catch (error) {
+    outcome = failure(error);
+  }
+  if (outcome.ok || outcome.status !== CLIENT_CLOSED) writeSentinels();
+  return outcome;
+}
+
+/**
+ * The activation fields of a run message, name → JSON text: the members of `activation` when present
+ * (the newer protocol), else every top-level member but `value`.
+ */
+export function activationFields(message: Map<string, Member>): Map<string, string> {
+  const fields = new Map<string, string>();
+  const nested = message.get('activation')?.value;
+  if (nested === undefined) {
+    for (const [name, member] of message) if (name !== 'value') fields.set(name, member.value);
+    return fields;
+  }
+  if (nested === 'null') return fields;
+  if (!nested.startsWith('{')) throw new ProxyError(400, 'The activation fields must be a JSON object.');
+  for (const [name, member] of membersOf(nested)) fields.set(name, member.value);
+  return fields;
+}
+
+/** Reads a request body, at most `maxBodyBytes` of it; more is a 413. */
+export function readBody(req: IncomingMessage): Promise<Buffer> {
+  const limit = settings.maxBodyBytes;
+  const tooLarge = (): ProxyError => new ProxyError(413, `The request body is larger than the limit of ${limit} bytes (PROXY_MAX_BODY_BYTES).`);
+  if (Number(req.headers['content-length']) > limit) return Promise.reject(tooLarge());
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let length = 0;
+    req.on('data', (chunk: Buffer) => {
+      length += chunk.length;
+      if (length > limit) {
+        req.removeAllListeners('data');
+        req.resume();
+        reject(tooLarge());
+      } else {
+        chunks.push(chunk);
+      }
+    });
+    req.on('end', () => resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, length)));
+    // A client that goes away mid-body: nothing to answer, nothing ran.
+    const gone = (): void => reject(new ProxyError(CLIENT_CLOSED, 'The client closed the connection before sending the whole request.'));
+    req.on('error', gone);
+    req.on('close', () => {
+      if (!req.complete) gone();
+    });
+  });
+}
+
+/** A request body as text: it must be UTF-8 (RFC 8259 says JSON is), else a 400. */
+export function bodyText(body: Buffer): string {
+  // An ASCII body (base64 code is) decodes faster as latin1, to the same string.
+  if (isAscii(body)) return body.toString('latin1');
+  if (!isUtf8(body)) throw new ProxyError(400, 'The request body is not valid UTF-8.');
+  return body.toString('utf8');
+}
+
+/**
+ * A JSON request body, scanned (json.ts): an empty body is `undefined`; invalid JSON, or JSON nested
+ * deeper than the limit, a 400. Nothing is parsed into values: the texts are passed on as sent.
+ */
+export function readJson(body: Buffer): Scanned | undefined {
+  if (body.length === 0) return undefined;
+  const text = bodyText(body);
+  try {
+    return scan(text);
+  } catch (error) {
+    const reason = (error as Error).message;
+    throw new ProxyError(400, isTooDeep(error) ? `The request body is ${reason}.` : `The request body is not valid JSON: ${reason}.`, { cause: error });
+  }
+}
+
+export function send(res: ServerResponse, status: number, body: string | Buffer, headers: OutgoingHttpHeaders): void {
+  if (closing) res.setHeader('Connection', 'close');
+  // 204 and 304 carry no body and so no Content-Length (RFC 9110 8.6).
+  res.writeHead(status, status === 204 || status === 304 ? headers : { ...headers, 'Content-Length': Buffer.byteLength(body) });
+  res.end(status === 204 || status === 304 ? undefined : body);
+}
+
+export function sendJson(res: ServerResponse, status: number, json: string, headers: OutgoingHttpHeaders = {}): void {
+  send(res, status, json, { 'Content-Type': 'application/json', ...headers });
+}
+
+export function sendError(res: ServerResponse, status: number, error: string, headers: OutgoingHttpHeaders = {}): void {
+  if (status === CLIENT_CLOSED) return; // no one to answer
+  sendJson(res, status, JSON.stringify({ error }), headers);
+}
