@@ -95,7 +95,8 @@ export function forwardLines(from: Readable, to: Writable, holdLast: boolean, ma
       heldBytes += chunk.length;
     }
     heldEndsLine = holdLast && chunk[chunk.length - 1] === NEWLINE;
-    if (heldBytes > maxHeld) {
+    // The newline that ends a held line is not part of it.
+    if (heldBytes > maxHeld + (heldEndsLine ? 1 : 0)) {
       emit(held);
       hold([]);
       spilled = true;

@@ -4,7 +4,7 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { copyFileSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
-import { createServer } from 'node:net';
+import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -250,4 +250,26 @@ export async function withTempDir<T>(fn: (dir: string) => Promise<T>): Promise<T
 /** Base64 of a ZIP archive that Info-ZIP `zip` makes of `dir` (symlinks kept as links). */
 export function zipBase64(dir: string, flags: string[] = []): string {
   return execFileSync('zip', ['-q', '-r', '-y', ...flags, '-', '.'], { cwd: dir, maxBuffer: 1 << 30 }).toString('base64');
+}
+
+/** Peak resident set size of a process, in bytes (Linux). */
+export function peakRss(pid: number): number {
+  const match = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return Number(match?.[1]) * 1024;
+}
+
+/** How many file descriptors a process has open (Linux). */
+export function openFds(pid: number): number {
+  return readdirSync(`/proc/${pid}/fd`).length;
+}
+
+/** Writes `data` on a new connection (and ends it), resolving with everything the proxy answered until it closed. */
+export function exchange(port: number, data: string, end = true): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let answer = '';
+    const socket = connect(port, '127.0.0.1', () => (end ? socket.end(data) : socket.write(data)));
+    socket.on('data', (chunk: Buffer) => (answer += chunk.toString('latin1')));
+    socket.on('close', () => resolve(answer));
+    socket.on('error', reject);
+  });
 }

@@ -3,10 +3,9 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync, readdirSync, realpathSync, statSync, writeFileSync } from 'node:fs';
-import { connect } from 'node:net';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
-import { PROXY, SENTINEL, freePort, initScript, startProxy, withProxy, withTempDir, zipBase64 } from './helpers.ts';
+import { PROXY, SENTINEL, exchange, freePort, initScript, peakRss, startProxy, withProxy, withTempDir, zipBase64 } from './helpers.ts';
 
 const STUB_RESULT = { error: 'This is a stub action. Replace it with custom logic.' };
 const INIT_FAILED = { error: 'The action failed to generate or locate a binary. See logs for details.' };
@@ -598,20 +597,3 @@ describe('HTTP', { concurrency: true }, () => {
       assert.deepEqual(await proxy.exited, { code: 0, signal: null });
     }));
 });
-
-/** Peak resident set size of a process, in bytes (Linux). */
-function peakRss(pid: number): number {
-  const match = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  return Number(match?.[1]) * 1024;
-}
-
-/** Writes `data` on a new connection (and ends it), resolving with everything the proxy answered until it closed. */
-function exchange(port: number, data: string, end = true): Promise<string> {
-  return new Promise((resolve, reject) => {
-    let answer = '';
-    const socket = connect(port, '127.0.0.1', () => (end ? socket.end(data) : socket.write(data)));
-    socket.on('data', (chunk: Buffer) => (answer += chunk.toString('latin1')));
-    socket.on('close', () => resolve(answer));
-    socket.on('error', reject);
-  });
-}
