@@ -18,6 +18,8 @@ export type Kind = 'object' | 'array' | 'string' | 'number' | 'boolean' | 'null'
 export interface Member {
   key: string;
   value: string;
+  /** Where the value starts in the scanned text (-1 for a member made by member()). */
+  at: number;
 }
 
 export interface Scanned {
@@ -109,7 +111,7 @@ export function objectText(members: Iterable<Member>): string {
 
 /** A member named `name` (any string) with the value text `value`. */
 export function member(name: string, value: string): Member {
-  return { key: JSON.stringify(name), value };
+  return { key: JSON.stringify(name), value, at: -1 };
 }
 
 /**
@@ -159,6 +161,7 @@ function value(cursor: Cursor, depth: number, members?: Map<string, Member>): vo
 function object(cursor: Cursor, depth: number, members: Map<string, Member> | undefined): void {
   if (depth > MAX_DEPTH) throw tooDeep(cursor);
   const { text } = cursor;
+  const start = cursor.at;
   cursor.at++; // {
   skipSpace(cursor);
   if (text.charCodeAt(cursor.at) === CLOSE_BRACE) {
@@ -177,7 +180,7 @@ function object(cursor: Cursor, depth: number, members: Map<string, Member> | un
     value(cursor, depth);
     if (members) {
       const key = text.slice(keyStart, keyEnd);
-      members.set(stringValue(key), { key, value: text.slice(valueStart, cursor.at) });
+      members.set(stringValue(key), { key, value: text.slice(valueStart, cursor.at), at: valueStart - start });
     }
     skipSpace(cursor);
     if (text.charCodeAt(cursor.at) === CLOSE_BRACE) {

@@ -7,6 +7,7 @@ import { isAscii, isUtf8 } from 'node:buffer';
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import { CLIENT_CLOSED, MESSAGES, ProxyError } from './errors.ts';
 import { isTooDeep, membersOf, scan, type Member, type Scanned } from './json.ts';
+import type { ActionResult } from './executors/executor.ts';
 import type { ActionRunner, RunMessage } from './runner.ts';
 
 /** Ends each activation's logs on stdout and on stderr, so the invoker knows where they end. */
@@ -43,7 +44,7 @@ export interface Failure {
   error: string;
 }
 export type InitOutcome = { ok: true } | Failure;
-export type RunOutcome = { ok: true; result: Scanned } | Failure;
+export type RunOutcome = { ok: true; result: ActionResult } | Failure;
 
 function writeSentinels(): void {
   process.stdout.write(LOG_SENTINEL);
@@ -176,7 +177,7 @@ export function send(res: ServerResponse, status: number, body: string | Buffer,
   res.end(status === 204 || status === 304 ? undefined : body);
 }
 
-export function sendJson(res: ServerResponse, status: number, json: string, headers: OutgoingHttpHeaders = {}): void {
+export function sendJson(res: ServerResponse, status: number, json: string | Buffer, headers: OutgoingHttpHeaders = {}): void {
   send(res, status, json, { 'Content-Type': 'application/json', ...headers });
 }
 

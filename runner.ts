@@ -6,10 +6,10 @@
 
 import { join, resolve } from 'node:path';
 import { MESSAGES, ProxyError } from './errors.ts';
-import type { Activation, Executor, Logs } from './executors/executor.ts';
+import type { ActionResult, Activation, Executor, Logs } from './executors/executor.ts';
 import { ProcessExecutor } from './executors/process.ts';
 import { install, verify, verifyOrThrow } from './install.ts';
-import { compact, kindOf, membersOf, stringValue, type Member, type Scanned } from './json.ts';
+import { compact, kindOf, membersOf, stringValue, type Member } from './json.ts';
 import type { ZipLimits } from './zip.ts';
 
 export interface RunnerOptions {
@@ -136,7 +136,7 @@ export class ActionRunner {
   }
 
   /** Runs one activation; resolves with its result or rejects with a ProxyError. */
-  async run(message: RunMessage): Promise<Scanned> {
+  async run(message: RunMessage): Promise<ActionResult> {
     const activation: Activation = { ...message, env: this.activationEnv(message.fields) };
     await this.acquire();
     try {

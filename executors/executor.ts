@@ -6,6 +6,7 @@
 // Both read an action's output the same way, so that is here too: log lines forwarded as they arrive
 // and never split below 1 MiB, the result line held up to its limit and judged by one rule.
 
+import { isAscii } from 'node:buffer';
 import type { Readable, Writable } from 'node:stream';
 import { MESSAGES, ProxyError } from '../errors.ts';
 import { scan, type Scanned } from '../json.ts';
@@ -19,6 +20,17 @@ export interface Activation {
   env: Record<string, string>;
 }
 
+/** An activation's result: a JSON object or array, scanned, and the bytes it came as. */
+export interface ActionResult {
+  json: Scanned;
+  /**
+   * The result's bytes (trimmed), so that large answers are sent without another copy. When `ascii`,
+   * the scanner's offsets in `json` are byte offsets here too.
+   */
+  bytes: Buffer;
+  ascii: boolean;
+}
+
 export interface Executor {
   /**
    * Gets the action now in the action directory ready to run, with `env` as its base environment (the
@@ -27,7 +39,7 @@ export interface Executor {
    */
   start(env: Record<string, string>): Promise<void>;
   /** Runs one activation; resolves with its result, an object or array, or rejects with a ProxyError. */
-  run(activation: Activation): Promise<Scanned>;
+  run(activation: Activation): Promise<ActionResult>;
   /** Kills every action process that is running an activation, each with its process group; returns a line for each. */
   kill(): string[];
   /** Ends idle action processes at shutdown, within `graceMs`. */
@@ -114,13 +126,14 @@ export function forwardLines(from: Readable, to: Writable, holdLast: boolean, ma
  * Judges an action's result line: a JSON object or array is the result; anything else is written to the
  * logs and answered 502. `undefined` is a line that was longer than the limit (already in the logs).
  */
-export function resultOf(line: Buffer | undefined, logs: Logs, maxResultBytes: number): Scanned {
+export function resultOf(line: Buffer | undefined, logs: Logs, maxResultBytes: number): ActionResult {
   if (line === undefined) throw new ProxyError(502, resultTooLarge(maxResultBytes));
   const candidate = trim(line);
-  const text = candidate.toString('utf8');
+  const ascii = isAscii(candidate);
+  const text = candidate.toString(ascii ? 'latin1' : 'utf8');
   try {
     const json = scan(text);
-    if (json.kind === 'object' || json.kind === 'array') return json;
+    if (json.kind === 'object' || json.kind === 'array') return { json, bytes: candidate, ascii };
   } catch (error) {
     // Say why a result that looks like JSON isn't (too deep, cut off); plain text needs no explaining.
     if (/^[[{]/.test(text)) logs.stderr.write(`The action's result is not valid JSON: ${(error as Error).message}\n`);

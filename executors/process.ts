@@ -5,8 +5,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { MESSAGES, ProxyError } from '../errors.ts';
 import { verify } from '../install.ts';
-import { stringValue, type Scanned } from '../json.ts';
-import { MAX_LOG_LINE_BYTES, forwardLines, resultOf, trim, type Activation, type Executor, type Logs } from './executor.ts';
+import { stringValue } from '../json.ts';
+import { MAX_LOG_LINE_BYTES, forwardLines, resultOf, trim, type ActionResult, type Activation, type Executor, type Logs } from './executor.ts';
 
 // linux/binfmts.h MAX_ARG_STRLEN is 32 pages (131072 bytes) including the terminating NUL.
 const MAX_ARG_STRLEN = 131071;
@@ -69,7 +69,7 @@ export class ProcessExecutor implements Executor {
     return [...this.running.values()];
   }
 
-  run(activation: Activation): Promise<Scanned> {
+  run(activation: Activation): Promise<ActionResult> {
     const { binary, actionDir, maxResultBytes } = this.options;
     const logs = this.options.logs();
     const stats = verify(binary);
@@ -88,7 +88,7 @@ export class ProcessExecutor implements Executor {
       }
       // One answer per activation, whichever of its terminal events comes first.
       let settled = false;
-      const settle = (outcome: () => Scanned): void => {
+      const settle = (outcome: () => ActionResult): void => {
         if (settled) return;
         settled = true;
         this.running.delete(child);

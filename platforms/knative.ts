@@ -13,6 +13,7 @@ import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:
 import { ProxyError } from '../errors.ts';
 import { compact, isTooDeep, kindOf, member, membersOf, objectText, stringValue, type Member, type Scanned } from '../json.ts';
 import { activationFields, init, readBody, readJson, run, send, sendError } from '../protocol.ts';
+import type { ActionResult } from '../executors/executor.ts';
 import type { RunMessage } from '../runner.ts';
 
 const METHODS = ['GET', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS'] as const;
@@ -308,41 +309,46 @@ const INVALID_HEADER_VALUE = /[^\t\x20-\x7e\x80-\xff]/;
 
 /**
  * The action's result as an HTTP response, by the web action rules; a result that can't be one is a 502.
- * Bodies are the result's own texts (numbers as the action wrote them), never parsed and re-serialized.
+ * Bodies are the result's own texts (numbers as the action wrote them), never parsed and re-serialized,
+ * and where they can be, its own bytes: a large body is sent without another copy.
  */
-function webResponse(result: Scanned): WebResponse {
+function webResponse(result: ActionResult): WebResponse {
+  const { json } = result;
   let status = 200;
   let headers: OutgoingHttpHeaders = {};
-  let body: string | undefined = result.text; // a JSON text, or undefined for no body
-  if (result.members) {
-    const field = (name: string): string | undefined => result.members!.get(name)?.value;
-    const statusCode = field('statusCode');
-    const given = field('headers');
+  // The whole result is the body, unless it is an object with response fields.
+  let body: Member | undefined = { key: '', value: json.text, at: 0 };
+  if (json.members) {
+    const statusCode = json.members.get('statusCode')?.value;
+    const given = json.members.get('headers')?.value;
     if (statusCode !== undefined) status = statusCodeOf(statusCode);
     if (given !== undefined) headers = headersOf(given);
-    const others = [...result.members].filter(([name]) => !RESPONSE_FIELDS.includes(name)).map(([, entry]) => entry);
-    body = field('body') ?? (others.length > 0 ? objectText(others) : undefined);
+    const others = [...json.members].filter(([name]) => !RESPONSE_FIELDS.includes(name)).map(([, entry]) => entry);
+    body = json.members.get('body') ?? (others.length > 0 ? member('', objectText(others)) : undefined);
   }
-  if (body === undefined || body === 'null' || body === '""') {
+  if (body === undefined || body.value === 'null' || body.value === '""') {
     if (status === 200) status = 204;
     return { status, headers, body: '' };
   }
   // 204 and 304 have no body (RFC 9110); Node would drop it anyway.
   if (status === 204 || status === 304) return { status, headers, body: '' };
+  // The body's bytes in the result, less `trim` at each end, when offsets are byte offsets.
+  const { at, value } = body;
+  const ownBytes = (trim: number): Buffer | undefined => (result.ascii && at >= 0 ? result.bytes.subarray(at + trim, at + value.length - trim) : undefined);
   const typeName = Object.keys(headers).find((name) => name.toLowerCase() === 'content-type');
   const contentType = typeName === undefined ? undefined : String(headers[typeName]);
-  if (kindOf(body) !== 'string') {
+  if (kindOf(value) !== 'string') {
     if (contentType === undefined) headers['Content-Type'] = 'application/json';
-    return { status, headers, body };
+    return { status, headers, body: ownBytes(0) ?? value };
   }
-  const text = stringValue(body);
   if (contentType === undefined) headers['Content-Type'] = 'text/html; charset=utf-8';
   else if (BINARY_TYPE.test(contentType)) {
-    const compacted = text.replace(/\s+/g, '');
+    const compacted = stringValue(value).replace(/\s+/g, '');
     if (!STRICT_BASE64.test(compacted)) throw new ProxyError(502, `The action's ${contentType} body is not valid base64.`);
     return { status, headers, body: Buffer.from(compacted, 'base64') };
   }
-  return { status, headers, body: text };
+  // A string without escapes is its own text between the quotes.
+  return { status, headers, body: (!value.includes('\\') && ownBytes(1)) || stringValue(value) };
 }
 
 /** An integer 200–599, or a string of one; 1xx answers are interim, never an action's final answer. */

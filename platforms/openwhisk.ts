@@ -19,7 +19,8 @@ export async function handle(req: IncomingMessage, res: ServerResponse): Promise
     return outcome.ok ? send(res, 200, 'OK', { 'Content-Type': 'text/html; charset=utf-8' }) : sendError(res, outcome.status, outcome.error);
   }
   const outcome = await run(async () => runMessage(readJson(await readBody(req))));
-  return outcome.ok ? sendJson(res, 200, outcome.result.text) : sendError(res, outcome.status, outcome.error);
+  // The result's own bytes: a large answer costs no further copy.
+  return outcome.ok ? sendJson(res, 200, outcome.result.bytes) : sendError(res, outcome.status, outcome.error);
 }
 
 /** `{"value": {...}}`: an empty body or a missing value is `{}`; anything but objects (JSON `null` too) is a 404. */

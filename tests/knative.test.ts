@@ -81,12 +81,16 @@ describe('dedicated mode', { concurrency: true }, () => {
     for (const match of yaml.matchAll(/- name: (\S+)\n\s+value: (?:\|\n((?:\s{16}.*\n)+)|(.*)\n)/g)) {
       env[match[1]!] = match[2] !== undefined ? match[2].replace(/^ {16}/gm, '') : JSON.parse(match[3]!.startsWith('"') ? match[3]! : JSON.stringify(match[3]!));
     }
-    assert.deepEqual(Object.keys(env), ['__OW_RUNTIME_PLATFORM', '__OW_ACTION_NAME', '__OW_HTTP_METHODS', '__OW_ACTION_CODE']);
+    assert.deepEqual(Object.keys(env), ['__OW_RUNTIME_PLATFORM', '__OW_ACTION_NAME', '__OW_HTTP_METHODS', 'PROXY_KNATIVE_ENVELOPES', '__OW_ACTION_CODE']);
+    assert.match(yaml, /^ {6}containerConcurrency: \d+ /m);
     return withProxy({ env }, async (proxy) => {
       const res = await proxy.request('GET', '/any/path?name=you');
       assert.equal(res.status, 200);
       assert.equal(res.headers['content-type'], 'text/plain');
       assert.equal(res.text, 'Hello from Knative');
+      // Public: an init envelope is just JSON for the action, not a 403 for a dedicated function.
+      const envelope = await proxy.request('POST', '/', { init: { code: '#!/bin/sh\necho {}' } });
+      assert.equal(envelope.text, 'Hello from Knative');
     });
   });
 });
