@@ -4,7 +4,7 @@
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { MAX_DEPTH, compact, isTooDeep, scan, stringValue } from '../json.ts';
+import { MAX_DEPTH, compact, isTooDeep, membersOf, scan, stringValue } from '../json.ts';
 
 /** A small deterministic generator (mulberry32). */
 function random(seed: number): () => number {
@@ -64,6 +64,12 @@ test('scan() accepts exactly what JSON.parse accepts; members and compact() agre
     assert.deepEqual(JSON.parse(compact(text)), expected, `compact changed ${JSON.stringify(text)}`);
     assert.doesNotMatch(compact(scanned.text).replace(/"(?:[^"\\]|\\.)*"/g, '""'), /\s/, 'no whitespace outside strings');
     if (scanned.members) {
+      // The fast walk over checked texts finds what the scanner found, at every level.
+      assert.deepEqual(membersOf(scanned.text), scanned.members);
+      for (const entry of scanned.members.values()) {
+        if (entry.value.startsWith('{')) assert.deepEqual(membersOf(entry.value), scan(entry.value).members, entry.value);
+        assert.equal(scanned.text.slice(entry.at, entry.at + entry.value.length), entry.value, 'a member knows where it is');
+      }
       const members = [...scanned.members].map(([name, entry]) => [name, stringValue(entry.key), JSON.parse(entry.value)]);
       assert.deepEqual(
         members.map(([name, key, value]) => [name, key, value]),
