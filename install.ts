@@ -3,13 +3,16 @@
 // Nothing of a failed install stays behind, whatever failed (a full disk, no inodes left, permissions):
 // a leftover folder would hold the space or inodes every later init needs.
 
-import { constants, accessSync, chmodSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmdirSync, statSync, unlinkSync, writeFileSync, type Stats } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { constants, accessSync, chmodSync, closeSync, lstatSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, renameSync, rmdirSync, statSync, unlinkSync, writeFileSync, type Stats } from 'node:fs';
 import { join } from 'node:path';
+import type { Writable } from 'node:stream';
 import type { ZipLimits } from './zip.ts';
 
 /** The folders an install makes in the action directory; any found at the next install are leftovers. */
 const STAGING_PREFIX = '.proxy-init-';
 const BACKUP_PREFIX = '.proxy-previous-';
+const BUILD_PREFIX = '.proxy-build-';
 
 /** The new action's files: a script, or a ZIP archive (base64). */
 export interface ActionCode {
@@ -25,6 +28,23 @@ export interface InstallOptions {
    */
   build?: () => Promise<void>;
   hasBuildStep: boolean;
+  /** OW_COMPILER: compiles the new files when `exec` is not a program already. */
+  compiler?: Compiler;
+  /** OW_EXECUTION_ENV: the new action's `exec.env` must hold this value. */
+  executionEnv?: string;
+  /**
+   * Gets the new action running once its files are in place and verified (the action-loop mode starts a
+   * process); throwing fails the install and puts the previous files back.
+   */
+  activate?: () => Promise<void>;
+}
+
+/** `$OW_COMPILER <main> <source dir> <output dir>`, run with the action's environment, its output to the logs. */
+export interface Compiler {
+  command: string;
+  main: string;
+  env: Record<string, string>;
+  logs: { stdout: Writable; stderr: Writable };
 }
 
 /**
@@ -36,10 +56,16 @@ export async function install(actionDir: string, action: ActionCode, options: In
   // first use of fs.promises costs a cold proxy milliseconds of module loading.
   mkdirSync(actionDir, { recursive: true });
   removeLeftovers(actionDir);
-  const staging = mkdtempSync(join(actionDir, STAGING_PREFIX));
+  let staging = mkdtempSync(join(actionDir, STAGING_PREFIX));
   try {
     await writeAction(staging, action, options.zipLimits);
+    if (options.compiler && !isProgram(join(staging, 'exec'))) {
+      const output = await compile(actionDir, staging, options.compiler);
+      tidy(staging);
+      staging = output;
+    }
     makeExecutable(join(staging, 'exec'));
+    if (options.executionEnv) checkExecutionEnv(staging, options.executionEnv);
   } catch (error) {
     tidy(staging);
     throw error;
@@ -50,6 +76,7 @@ export async function install(actionDir: string, action: ActionCode, options: In
     // Without a build step an archive must bring its own `exec` (else the stub would quietly stay).
     if (action.binary && !options.hasBuildStep && !swap.placed.includes('exec')) throw new Error("the archive has no 'exec' at its root");
     verifyOrThrow(join(actionDir, 'exec'));
+    await options.activate?.();
   } catch (error) {
     swapBack(actionDir, swap);
     throw error;
@@ -65,6 +92,58 @@ async function writeAction(staging: string, action: ActionCode, zipLimits: Parti
     if (!BASE64.test(action.code)) throw new Error('init code is not valid base64 (binary: true needs a base64 ZIP archive)', { cause: error });
     throw error;
   });
+}
+
+/** Whether `path` is a program the kernel runs as it is: an ELF binary or a `#!` script. */
+function isProgram(path: string): boolean {
+  let fd: number;
+  try {
+    fd = openSync(path, 'r');
+  } catch {
+    return false; // no exec at all: sources to compile
+  }
+  try {
+    const head = Buffer.alloc(4);
+    const length = readSync(fd, head, 0, 4, 0);
+    return (length >= 2 && head[0] === 0x23 && head[1] === 0x21) || (length === 4 && head.toString('latin1') === '\x7fELF');
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * Runs the compiler on the staged sources into a fresh output folder, which it returns. It must exit 0
+ * and leave an `exec` there; output of its own is logs, not failure (warnings are not errors).
+ */
+async function compile(actionDir: string, sources: string, compiler: Compiler): Promise<string> {
+  const output = mkdtempSync(join(actionDir, BUILD_PREFIX));
+  try {
+    const child = spawn(compiler.command, [compiler.main, sources, output], { cwd: sources, env: compiler.env, stdio: ['ignore', 'pipe', 'pipe'] });
+    child.stdout.pipe(compiler.logs.stdout, { end: false });
+    child.stderr.pipe(compiler.logs.stderr, { end: false });
+    const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve, reject) => {
+      child.on('error', reject);
+      child.on('close', (exitCode, exitSignal) => resolve([exitCode, exitSignal]));
+    });
+    const how = signal !== null ? `was terminated by signal ${signal}` : `exited with code ${code}`;
+    if (code !== 0) throw new Error(`the compiler (OW_COMPILER=${compiler.command}) ${how}`);
+    if (!lstatSync(join(output, 'exec'), { throwIfNoEntry: false })) throw new Error(`the compiler (OW_COMPILER=${compiler.command}) left no exec in its output folder`);
+    return output;
+  } catch (error) {
+    tidy(output);
+    throw error;
+  }
+}
+
+/** The runtime's guard against actions built for another runtime version (OW_EXECUTION_ENV). */
+function checkExecutionEnv(dir: string, expected: string): void {
+  let found: string;
+  try {
+    found = readFileSync(join(dir, 'exec.env'), 'utf8').trim();
+  } catch {
+    throw new Error(`the action has no exec.env; OW_EXECUTION_ENV is ${JSON.stringify(expected.trim())}`);
+  }
+  if (found !== expected.trim()) throw new Error(`the action's exec.env is ${JSON.stringify(found)}; OW_EXECUTION_ENV is ${JSON.stringify(expected.trim())}`);
 }
 
 /** The `exec` file's stats when it is a regular file (a link to one is fine) and executable. */
@@ -129,7 +208,7 @@ function swapBack(actionDir: string, swap: Swap): void {
 /** Removes staging and backup folders an earlier install could not (the proxy was killed mid-init). */
 function removeLeftovers(actionDir: string): void {
   for (const name of readdirSync(actionDir)) {
-    if (name.startsWith(STAGING_PREFIX) || name.startsWith(BACKUP_PREFIX)) tidy(join(actionDir, name));
+    if (name.startsWith(STAGING_PREFIX) || name.startsWith(BACKUP_PREFIX) || name.startsWith(BUILD_PREFIX)) tidy(join(actionDir, name));
   }
 }
 

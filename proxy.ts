@@ -35,6 +35,15 @@ export interface ProxyConfig {
   maxResultBytes: number;
   /** How long running activations may go on after SIGTERM. */
   shutdownGraceMs: number;
+  /** Action-loop mode (PROXY_ACTION_LOOP=1): long-lived action processes, one activation per line. */
+  actionLoop: boolean;
+  /** Action-loop mode: wait for the action's `{"ok": true}` on fd 3 after starting it (OW_WAIT_FOR_ACK). */
+  ack: boolean;
+  ackTimeoutMs: number;
+  /** OW_COMPILER: compiles an init's files when `exec` is not a program already. */
+  compiler: string | undefined;
+  /** OW_EXECUTION_ENV: what the action's `exec.env` must hold. */
+  executionEnv: string | undefined;
   zipLimits: Partial<ZipLimits>;
 }
 
@@ -61,6 +70,11 @@ export function configFromEnv(env: NodeJS.ProcessEnv = process.env): ProxyConfig
     maxActivations: integer(env, 'PROXY_MAX_ACTIVATIONS', platform === 'knative' ? 64 : 0, 0, 1_000_000),
     maxResultBytes: integer(env, 'PROXY_MAX_RESULT_BYTES', DEFAULT_MAX_RESULT_BYTES, 1, Number.MAX_SAFE_INTEGER),
     shutdownGraceMs: 1000 * integer(env, 'PROXY_SHUTDOWN_GRACE_SECONDS', 30, 0, 86_400),
+    actionLoop: integer(env, 'PROXY_ACTION_LOOP', 0, 0, 1) === 1,
+    ack: Boolean(env.OW_WAIT_FOR_ACK),
+    ackTimeoutMs: 1000 * integer(env, 'PROXY_ACK_TIMEOUT_SECONDS', 30, 0, 86_400),
+    compiler: env.OW_COMPILER || undefined,
+    executionEnv: env.OW_EXECUTION_ENV || undefined,
     zipLimits: {
       maxBytes: integer(env, 'PROXY_ZIP_MAX_BYTES', undefined, 0, Number.MAX_SAFE_INTEGER),
       maxEntries: integer(env, 'PROXY_ZIP_MAX_ENTRIES', undefined, 0, Number.MAX_SAFE_INTEGER),
@@ -149,7 +163,15 @@ export async function start(options: StartOptions = {}): Promise<Server> {
   const config = { ...configFromEnv(), ...options.config };
   const runner =
     options.runner ??
-    new ActionRunner({ actionDir: config.actionDir, zipLimits: config.zipLimits, maxActivations: config.maxActivations, maxResultBytes: config.maxResultBytes });
+    new ActionRunner({
+      actionDir: config.actionDir,
+      zipLimits: config.zipLimits,
+      maxActivations: config.maxActivations,
+      maxResultBytes: config.maxResultBytes,
+      actionLoop: config.actionLoop ? { ack: config.ack, ackTimeoutMs: config.ackTimeoutMs } : undefined,
+      compiler: config.compiler,
+      executionEnv: config.executionEnv,
+    });
   use(runner, { allowReinit: config.allowReinit, maxBodyBytes: config.maxBodyBytes });
   const platform = await loadPlatform(config.platform);
   await platform.prepare?.();

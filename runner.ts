@@ -7,6 +7,7 @@
 import { join, resolve } from 'node:path';
 import { MESSAGES, ProxyError } from './errors.ts';
 import type { ActionResult, Activation, Executor, Logs } from './executors/executor.ts';
+import { LoopExecutor } from './executors/loop.ts';
 import { ProcessExecutor } from './executors/process.ts';
 import { install, verify, verifyOrThrow } from './install.ts';
 import { compact, kindOf, membersOf, stringValue, type Member } from './json.ts';
@@ -25,6 +26,15 @@ export interface RunnerOptions {
   maxResultBytes?: number;
   /** Where the action's output goes. Default: the proxy's stdout and stderr. */
   logs?: Logs;
+  /**
+   * Action-loop mode (PROXY_ACTION_LOOP=1): long-lived processes that take one activation per line,
+   * acked on fd 3 first when `ack` (OW_WAIT_FOR_ACK). Absent: a process per activation.
+   */
+  actionLoop?: { ack: boolean; ackTimeoutMs: number };
+  /** OW_COMPILER: compiles an init's files when `exec` is not a program already. */
+  compiler?: string;
+  /** OW_EXECUTION_ENV: what the action's `exec.env` must hold; the action processes and the compiler get it too. */
+  executionEnv?: string;
 }
 
 /** The `value` of an init request, read. */
@@ -61,6 +71,8 @@ export class ActionRunner {
   private running = 0;
   private readonly waiting: Array<() => void> = [];
   private readonly executor: Executor;
+  private readonly compiler: string | undefined;
+  private readonly executionEnv: string | undefined;
 
   constructor(options: RunnerOptions) {
     // Absolute, because the action runs with the action directory as its working directory.
@@ -70,16 +82,18 @@ export class ActionRunner {
     // A limit given as undefined means the default, not "no limit".
     this.zipLimits = Object.fromEntries(Object.entries(options.zipLimits ?? {}).filter(([, limit]) => limit !== undefined));
     this.maxActivations = options.maxActivations ?? 0;
+    this.compiler = options.compiler || undefined;
+    this.executionEnv = options.executionEnv || undefined;
     const env: Record<string, string> = {};
     for (const [key, value] of Object.entries(options.env ?? process.env)) if (value !== undefined) env[key] = value;
+    // What the action-loop runtimes' launchers and compilers read (actionloop.md).
+    if (options.actionLoop?.ack) env.__OW_WAIT_FOR_ACK = '1';
+    if (this.executionEnv) env.__OW_EXECUTION_ENV = this.executionEnv;
     this.initialEnv = env;
     this.baseEnv = env;
-    this.executor = new ProcessExecutor({
-      actionDir: this.actionDir,
-      binary: this.binary,
-      logs: () => this.logs,
-      maxResultBytes: options.maxResultBytes ?? DEFAULT_MAX_RESULT_BYTES,
-    });
+    const common = { actionDir: this.actionDir, binary: this.binary, logs: () => this.logs, maxResultBytes: options.maxResultBytes ?? DEFAULT_MAX_RESULT_BYTES };
+    // The one place that chooses how activations run.
+    this.executor = options.actionLoop ? new LoopExecutor({ ...common, env, ...options.actionLoop }) : new ProcessExecutor(common);
   }
 
   /** Where the action's output goes. The proxy's own streams are looked up only when first written:
@@ -96,14 +110,21 @@ export class ActionRunner {
   async init(members: Map<string, Member>): Promise<void> {
     try {
       const value = initValue(members);
+      const baseEnv = { ...this.initialEnv, ...value.env };
+      const activate = (): Promise<void> => this.executor.start(baseEnv);
       if (value.code !== undefined) {
-        const hasBuildStep = this.build !== ActionRunner.prototype.build;
-        await install(this.actionDir, { code: value.code, binary: value.binary }, { zipLimits: this.zipLimits, build: () => this.build(value), hasBuildStep });
+        await install(this.actionDir, { code: value.code, binary: value.binary }, {
+          zipLimits: this.zipLimits,
+          build: () => this.build(value),
+          hasBuildStep: this.build !== ActionRunner.prototype.build,
+          compiler: this.compiler === undefined ? undefined : { command: this.compiler, main: value.main ?? 'main', env: baseEnv, logs: this.logs },
+          executionEnv: this.executionEnv,
+          activate,
+        });
       } else {
         verifyOrThrow(this.binary);
+        await activate();
       }
-      const baseEnv = { ...this.initialEnv, ...value.env };
-      await this.executor.start(baseEnv);
       this.baseEnv = baseEnv;
       this.initialized = true;
     } catch (error) {

@@ -1,0 +1,349 @@
+// Action-loop mode (OpenWhisk's "actionloop" protocol, as its Go proxy speaks it to the newer runtimes):
+// the action is started once and takes one activation per line. The proxy writes each activation's
+// JSON as one line to the process's stdin and answers with the one line the process writes on fd 3.
+//
+// Beyond the Go proxy: each process runs one activation at a time and overlapping activations get
+// processes of their own (idle ones reused); a process that dies answers 502 and is replaced; a stray
+// fd-3 line never answers a later activation; what an activation logged comes before its sentinels.
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import type { Readable } from 'node:stream';
+import { MESSAGES, ProxyError } from '../errors.ts';
+import { verify } from '../install.ts';
+import { compact, scan } from '../json.ts';
+import { MAX_LOG_LINE_BYTES, forwardLines, resultOf, resultTooLarge, type ActionResult, type Activation, type Executor, type Logs } from './executor.ts';
+import { describeProcess, killGroup, startFailure } from './process.ts';
+
+const NEWLINE = 0x0a;
+/** How long a process that is being stopped gets between SIGTERM and SIGKILL. */
+const STOP_GRACE_MS = 1_000;
+/** fd 3 usually closes because the process is exiting: how long its exit gets to be reported as such. */
+const FD3_CLOSED_GRACE_MS = 100;
+/** Most event-loop turns spent waiting for an activation's logs to stop arriving. */
+const MAX_SETTLE_TURNS = 64;
+
+export const EXITED = 'The action exited before returning a result. See logs for details.';
+
+export interface LoopExecutorOptions {
+  actionDir: string;
+  binary: string;
+  logs: () => Logs;
+  maxResultBytes: number;
+  /** The environment processes get before any init: the proxy's own. */
+  env: Record<string, string>;
+  /** Wait for `{"ok": true}` on fd 3 after starting a process (OW_WAIT_FOR_ACK). */
+  ack: boolean;
+  ackTimeoutMs: number;
+}
+
+/** One long-lived action process. */
+interface LoopProcess {
+  child: ChildProcess;
+  /** Which start() it belongs to: a successful re-init retires the older ones. */
+  generation: number;
+  /** Whoever waits for its next fd-3 line: the ack at start-up, or the activation it runs. */
+  waiter: ((line: Buffer | undefined) => void) | undefined;
+  /** Called when it exits or closes fd 3 while someone waits. */
+  onGone: ((why: string) => void) | undefined;
+  /** Bytes seen on its pipes so far: quiet pipes are how an activation's logs are known to be in. */
+  seen: number;
+  /** It has exited. */
+  gone: boolean;
+  /** The proxy is stopping it: out of the pool, its exit is expected. */
+  stopping: boolean;
+  /** Writes the unfinished log lines it holds (at the end of an activation), each ended. */
+  flushLogs(): void;
+  name: string;
+}
+
+/** A message the process never got: its stdin was closed. Delivered to a fresh process instead. */
+const UNDELIVERED = new Error('the action process had closed its input');
+
+export class LoopExecutor implements Executor {
+  private readonly options: LoopExecutorOptions;
+  private env: Record<string, string>;
+  private generation = 0;
+  private readonly idle: LoopProcess[] = [];
+  private readonly processes = new Set<LoopProcess>();
+
+  constructor(options: LoopExecutorOptions) {
+    this.options = options;
+    this.env = options.env;
+  }
+
+  /**
+   * Starts a process of the action now installed (acked when acks are on). Only once it is up are the
+   * older processes stopped: a failed start leaves them running and answering.
+   */
+  async start(env: Record<string, string>): Promise<void> {
+    const started = await this.launch(env, this.generation + 1);
+    this.generation++;
+    this.env = env;
+    for (const process of [...this.processes]) if (process.generation < this.generation && !process.waiter) this.terminate(process);
+    this.release(started);
+  }
+
+  async run(activation: Activation): Promise<ActionResult> {
+    const message = messageLine(activation);
+    for (let attempt = 0; ; attempt++) {
+      const process = this.idle.pop() ?? (await this.launch(this.env, this.generation));
+      try {
+        return await this.exchange(process, message);
+      } catch (error) {
+        if (error !== UNDELIVERED || attempt > 0) throw error;
+      }
+    }
+  }
+
+  kill(): string[] {
+    const busy = [...this.processes].filter((process) => process.waiter);
+    for (const process of busy) killGroup(process.child);
+    return busy.map((process) => process.name);
+  }
+
+  /** Shutdown: closes every process's stdin, gives them `graceMs` to exit, then kills what is left. */
+  async stop(graceMs: number): Promise<void> {
+    const left = [...this.processes];
+    for (const process of left) {
+      process.stopping = true;
+      process.child.stdin?.end();
+    }
+    const exited = Promise.all(left.map((process) => new Promise((resolve) => (process.gone ? resolve(undefined) : process.child.once('exit', resolve)))));
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([exited, new Promise((resolve) => (timer = setTimeout(resolve, graceMs)))]);
+    clearTimeout(timer);
+    for (const process of left) if (!process.gone) killGroup(process.child);
+  }
+
+  /** Sends one message and waits for the answer line; the process goes back to the pool after. */
+  private exchange(process: LoopProcess, message: string): Promise<ActionResult> {
+    const { maxResultBytes } = this.options;
+    const logs = this.options.logs();
+    return new Promise((resolve, reject) => {
+      const finish = (outcome: () => ActionResult): void => {
+        process.waiter = undefined;
+        process.onGone = undefined;
+        // Everything the action wrote before its answer is still being read: wait for quiet pipes.
+        void this.settle(process).then(() => {
+          process.flushLogs();
+          try {
+            resolve(outcome());
+          } catch (error) {
+            reject(error);
+          }
+          if (this.processes.has(process)) this.release(process);
+        });
+      };
+      process.waiter = (line) => {
+        if (line === undefined) {
+          // Longer than the limit: the rest of the line can't be told from the next answer.
+          this.terminate(process);
+          return finish(() => {
+            throw new ProxyError(502, resultTooLarge(maxResultBytes));
+          });
+        }
+        finish(() => resultOf(line, logs, maxResultBytes));
+      };
+      process.onGone = (why) => {
+        logs.stderr.write(`${why}\n`);
+        finish(() => {
+          throw new ProxyError(502, EXITED);
+        });
+      };
+      process.child.stdin!.write(message, (error) => {
+        if (!error || !process.waiter) return;
+        // It had closed its input before the message: nothing of this activation reached it.
+        process.waiter = undefined;
+        process.onGone = undefined;
+        this.terminate(process);
+        reject(UNDELIVERED);
+      });
+    });
+  }
+
+  /** Puts a process back in the pool, or stops it when a re-init has replaced its action since. */
+  private release(process: LoopProcess): void {
+    if (process.generation < this.generation) this.terminate(process);
+    else this.idle.push(process);
+  }
+
+  /** Resolves once a whole turn of the event loop has passed with nothing read from the process's pipes. */
+  private async settle(process: LoopProcess): Promise<void> {
+    const out = process.child.stdout as Readable;
+    const err = process.child.stderr as Readable;
+    for (let turn = 0; turn < MAX_SETTLE_TURNS; turn++) {
+      const seen = process.seen;
+      await new Promise((resolve) => setImmediate(resolve));
+      if (process.seen === seen && !out.isPaused() && !err.isPaused()) return;
+    }
+  }
+
+  /** Stops a process: its stdin closed, SIGTERM to its group, SIGKILL after a second. */
+  private terminate(process: LoopProcess): void {
+    this.forget(process);
+    if (process.gone || process.stopping) return;
+    process.stopping = true;
+    process.child.stdin?.end();
+    try {
+      globalThis.process.kill(-process.child.pid!, 'SIGTERM');
+    } catch {
+      // gone already
+    }
+    setTimeout(() => process.gone || killGroup(process.child), STOP_GRACE_MS).unref();
+  }
+
+  private forget(process: LoopProcess): void {
+    this.processes.delete(process);
+    const at = this.idle.indexOf(process);
+    if (at !== -1) this.idle.splice(at, 1);
+  }
+
+  /** Starts a process of the action with `env`, and waits for its ack when acks are on. */
+  private launch(env: Record<string, string>, generation: number): Promise<LoopProcess> {
+    const { binary, actionDir, maxResultBytes, ack, ackTimeoutMs } = this.options;
+    const logs = this.options.logs();
+    if (!verify(binary)) return Promise.reject(new ProxyError(502, MESSAGES.noBinary, { cause: new Error(`${binary} is not an executable file`) }));
+    let child: ChildProcess;
+    try {
+      child = spawn(binary, [], { cwd: actionDir, env, stdio: ['pipe', 'pipe', 'pipe', 'pipe'], detached: true });
+    } catch (error) {
+      return Promise.reject(startFailure(error, logs));
+    }
+    return new Promise((resolve, reject) => {
+      child.on('error', (error) => {
+        if (child.pid !== undefined) return;
+        for (const pipe of child.stdio) pipe?.destroy();
+        reject(startFailure(error, logs));
+      });
+      if (child.pid === undefined) return;
+
+      const stdoutRest = forwardLines(child.stdout!, logs.stdout, false, MAX_LOG_LINE_BYTES);
+      const stderrRest = forwardLines(child.stderr!, logs.stderr, false, MAX_LOG_LINE_BYTES);
+      const process: LoopProcess = {
+        child,
+        generation,
+        waiter: undefined,
+        onGone: undefined,
+        seen: 0,
+        gone: false,
+        stopping: false,
+        name: describeProcess(child.pid),
+        flushLogs() {
+          for (const [rest, log] of [[stdoutRest(), logs.stdout], [stderrRest(), logs.stderr]] as const) {
+            if (rest?.length) log.write(rest[rest.length - 1] === NEWLINE ? rest : Buffer.concat([rest, Buffer.from('\n')]));
+          }
+        },
+      };
+      const count = (chunk: Buffer): void => {
+        process.seen += chunk.length;
+      };
+      child.stdout!.on('data', count);
+      child.stderr!.on('data', count);
+      child.stdin!.on('error', () => {}); // EPIPE: reported to the write that failed
+      readResultLines(child.stdio[3] as Readable, maxResultBytes, process, {
+        line: (line) => {
+          if (process.waiter) return process.waiter(line);
+          // A stray answer, with no activation to answer: it goes to the logs.
+          if (line !== undefined) logs.stdout.write(Buffer.concat([line, Buffer.from('\n')]));
+        },
+        // Without fd 3 it can answer nothing more: a partial line is its last answer; it is stopped.
+        closed: (partial) => {
+          if (process.gone) return;
+          if (partial.length > 0 && process.waiter) {
+            process.waiter(partial);
+            return this.terminate(process);
+          }
+          this.forget(process);
+          setTimeout(() => {
+            if (process.gone) return;
+            process.onGone?.(`The action process ${child.pid} closed fd 3.`);
+            this.terminate(process);
+          }, FD3_CLOSED_GRACE_MS).unref();
+        },
+      });
+      child.on('exit', (code, signal) => {
+        process.gone = true;
+        this.forget(process);
+        const how = signal !== null ? `was terminated by signal ${signal}` : `exited with code ${code}`;
+        if (process.onGone) return process.onGone(`The action process ${child.pid} ${how}.`);
+        process.flushLogs();
+        if (process.stopping) return;
+        logs.stderr.write(`The action process ${child.pid} ${how} while idle; the next activation starts a new one.\n`);
+      });
+      this.processes.add(process);
+
+      if (!ack) return resolve(process);
+      // The first fd-3 line must be {"ok": true}.
+      const timer = setTimeout(() => fail(`no ack on fd 3 within ${ackTimeoutMs / 1000} s (PROXY_ACK_TIMEOUT_SECONDS)`), ackTimeoutMs);
+      const fail = (why: string): void => {
+        clearTimeout(timer);
+        process.waiter = undefined;
+        process.onGone = undefined;
+        this.terminate(process);
+        reject(new Error(`The action did not start: ${why}.`));
+      };
+      process.onGone = (why) => fail(why.replace(/\.$/, ''));
+      process.waiter = (line) => {
+        const text = line?.toString('utf8').trim() ?? '';
+        let ok = false;
+        try {
+          ok = scan(text).members?.get('ok')?.value === 'true';
+        } catch {
+          // not JSON: refused below
+        }
+        if (!ok) return fail(`its ack was ${JSON.stringify(text.slice(0, 200))}, not {"ok": true}`);
+        clearTimeout(timer);
+        process.waiter = undefined;
+        process.onGone = undefined;
+        resolve(process);
+      };
+    });
+  }
+}
+
+/**
+ * Reads fd 3 as lines, each handed to `on.line` (`undefined` for a line longer than `maxBytes`, as soon
+ * as it is); when fd 3 closes, `on.closed` gets the unfinished line.
+ */
+function readResultLines(pipe: Readable, maxBytes: number, process: LoopProcess, on: { line(line: Buffer | undefined): void; closed(partial: Buffer): void }): void {
+  let held: Buffer[] = [];
+  let heldBytes = 0;
+  // The current line grew past the limit and was answered for: the rest of it is dropped.
+  let tooLong = false;
+  pipe.on('data', (chunk: Buffer) => {
+    process.seen += chunk.length;
+    let start = 0;
+    for (let end = chunk.indexOf(NEWLINE); end !== -1; end = chunk.indexOf(NEWLINE, start)) {
+      if (!tooLong) {
+        const line = Buffer.concat([...held, chunk.subarray(start, end)]);
+        on.line(line.length <= maxBytes ? line : undefined);
+      }
+      held = [];
+      heldBytes = 0;
+      tooLong = false;
+      start = end + 1;
+    }
+    if (start < chunk.length && !tooLong) {
+      held.push(chunk.subarray(start));
+      heldBytes += chunk.length - start;
+      if (heldBytes > maxBytes) {
+        held = [];
+        heldBytes = 0;
+        tooLong = true;
+        on.line(undefined);
+      }
+    }
+  });
+  pipe.on('error', () => {});
+  pipe.on('close', () => on.closed(tooLong ? Buffer.alloc(0) : Buffer.concat(held)));
+}
+
+/**
+ * The line an activation is sent as: `{"value": <arguments>, <field>: <value>, …}`, each text as the
+ * client sent it with the whitespace between tokens taken out, so that it is one line.
+ */
+function messageLine(activation: Activation): string {
+  const parts = [`"value":${compact(activation.args)}`];
+  for (const [name, text] of activation.fields) if (name !== 'value') parts.push(`${JSON.stringify(name)}:${compact(text)}`);
+  return `{${parts.join(',')}}\n`;
+}
