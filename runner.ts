@@ -145,15 +145,19 @@ export class ActionRunner {
   }
 
   /**
-   * One activation's environment, built fresh: the base environment, then one `__OW_<KEY>` per activation
-   * field. Nothing of one activation is visible to the next.
+   * One activation's environment, built fresh when asked for: the base environment, then one
+   * `__OW_<KEY>` per activation field. Nothing of one activation is visible to the next. The fields are
+   * checked at once: one that can't be a variable is a 400 before anything runs.
    */
-  activationEnv(fields: Map<string, string>): Record<string, string> {
+  activationEnv(fields: Map<string, string>): () => Record<string, string> {
+    let own: Record<string, string>;
     try {
-      return { ...this.baseEnv, ...environment(fields, '__OW_', 'activation field') };
+      own = environment(fields, '__OW_', 'activation field');
     } catch (error) {
       throw new ProxyError(400, (error as Error).message);
     }
+    const base = this.baseEnv;
+    return () => ({ ...base, ...own });
   }
 
   /** Runs one activation; resolves with its result or rejects with a ProxyError. */

@@ -34,6 +34,32 @@ const IDLE_AGAIN_MS = QUICK ? 5_000 : 30_000;
 const CLIENTS = 8;
 const BARE_SERVER = "require('http').createServer((q,s)=>s.end('{}')).listen(process.env.FLASK_PROXY_PORT)";
 const TRIVIAL = "#!/bin/sh\necho '{\"ok\":true}'\n";
+// The trivial action in action-loop form: one activation per line on stdin, the result on fd 3.
+const TRIVIAL_LOOP = "#!/bin/bash\nwhile IFS= read -r line; do echo '{\"ok\":true}' >&3; done\n";
+// The smallest loop proxy there can be, the loop mode's floor: each request body as a line to one bash
+// loop, each fd-3 line to the oldest waiting request (the loop answers in order).
+const LOOP_FLOOR_SERVER = `
+const { spawn } = require('child_process');
+const loop = spawn('bash', ['-c', process.env.LOOP], { stdio: ['pipe', 'ignore', 'ignore', 'pipe'] });
+const waiting = [];
+let held = '';
+loop.stdio[3].setEncoding('utf8').on('data', (chunk) => {
+  held += chunk;
+  for (let end = held.indexOf('\\n'); end !== -1; end = held.indexOf('\\n')) {
+    const line = held.slice(0, end);
+    held = held.slice(end + 1);
+    waiting.shift().writeHead(200, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(line) }).end(line);
+  }
+});
+require('http').createServer((req, res) => {
+  let body = '';
+  req.on('data', (chunk) => (body += chunk));
+  req.on('end', () => {
+    waiting.push(res);
+    loop.stdin.write(JSON.stringify(JSON.parse(body || '{}')) + '\\n');
+  });
+}).listen(process.env.FLASK_PROXY_PORT);
+`;
 
 // Every measured Node process gets this environment: NODE_EXTRA_CA_CERTS costs start-up time on some
 // machines and is not set in containers.
@@ -307,6 +333,8 @@ async function main(): Promise<void> {
   }
   add({ metric: `throughput, ${CLIENTS} keep-alive clients`, value: median(throughput), unit: 'runs/s', floor: median(throughputFloor), floorName: `${CLIENTS} parallel direct spawns`, limit: 0.8, higherIsBetter: true });
 
+  await loopMode(add, direct);
+
   // Memory: idle after init against a bare node:http server; then after many activations.
   const bare = await spawnProxy({}, [process.execPath, '-e', BARE_SERVER]);
   await postWhenUp(bare.port, '/', '');
@@ -368,6 +396,48 @@ async function main(): Promise<void> {
   writeFileSync(join(ROOT, 'bench', 'results.json'), `${JSON.stringify(results, null, 2)}\n`);
   writeFileSync(join(ROOT, 'bench', 'results.svg'), chart(rows));
   console.log(table(rows));
+}
+
+/**
+ * Action-loop mode against its floor, the smallest loop proxy (LOOP_FLOOR_SERVER), and against a direct
+ * spawn of the per-activation action: warm latency and throughput, interleaved so noise hits all alike.
+ */
+async function loopMode(add: (row: Omit<Row, 'ratio'>) => void, direct: () => Promise<void>): Promise<void> {
+  const loopProxy = await spawnProxy({ PROXY_ACTION_LOOP: '1' });
+  await ready(loopProxy);
+  const init = await post(loopProxy.port, '/init', initBody(TRIVIAL_LOOP), false);
+  if (init.status !== 200) throw new Error(`loop init failed: ${init.text}`);
+  const floor = await spawnProxy({ LOOP: TRIVIAL_LOOP.split('\n').slice(1).join('\n') }, [process.execPath, '-e', LOOP_FLOOR_SERVER]);
+  await postWhenUp(floor.port, '/run', '{"value":{}}');
+  const agents = [new Agent({ keepAlive: true, maxSockets: CLIENTS }), new Agent({ keepAlive: true, maxSockets: CLIENTS })];
+  const ours = () => post(loopProxy.port, '/run', '{"value":{}}', agents[0]!);
+  const theirs = () => post(floor.port, '/run', '{"value":{}}', agents[1]!);
+  await timed(200, ours); // warm-up
+  await timed(200, theirs);
+  const warmOurs: number[] = [];
+  const warmFloor: number[] = [];
+  const warmDirect: number[] = [];
+  for (let i = 0; i < WARM_RUNS; i++) {
+    warmOurs.push(...(await timed(1, ours)));
+    warmFloor.push(...(await timed(1, theirs)));
+    if (i % 4 === 0) warmDirect.push(...(await timed(1, direct)));
+  }
+  add({ metric: 'loop mode: warm /run p50, keep-alive', value: median(warmOurs), unit: 'ms', floor: median(warmFloor), floorName: 'smallest Node loop proxy p50', limit: 1.1 });
+  add({ metric: 'loop mode: warm /run p50 against a spawn', value: median(warmOurs), unit: 'ms', floor: median(warmDirect), floorName: 'direct spawn p50', limit: 0.25 });
+  add({ metric: 'loop mode: warm /run p99, keep-alive', value: percentile(warmOurs, 99), unit: 'ms', floor: percentile(warmFloor, 99), floorName: 'smallest Node loop proxy p99' });
+  const throughput: number[] = [];
+  const floorThroughput: number[] = [];
+  const spawns: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    throughput.push(await rate(THROUGHPUT_RUNS * 4, CLIENTS, ours));
+    floorThroughput.push(await rate(THROUGHPUT_RUNS * 4, CLIENTS, theirs));
+    spawns.push(await rate(THROUGHPUT_RUNS, CLIENTS, direct));
+  }
+  add({ metric: `loop mode: throughput, ${CLIENTS} keep-alive clients`, value: median(throughput), unit: 'runs/s', floor: median(spawns), floorName: `${CLIENTS} parallel direct spawns`, limit: 8, higherIsBetter: true });
+  add({ metric: `loop mode: throughput of the smallest loop proxy (reference)`, value: median(floorThroughput), unit: 'runs/s', floor: median(spawns), floorName: `${CLIENTS} parallel direct spawns` });
+  for (const agent of agents) agent.destroy();
+  await floor.stop();
+  await loopProxy.stop();
 }
 
 function table(rows: Row[]): string {

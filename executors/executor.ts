@@ -16,8 +16,11 @@ export interface Activation {
   args: string;
   /** The activation fields: name → JSON text as sent. */
   fields: Map<string, string>;
-  /** The process environment of this activation (the per-activation executor's; a loop process has its own). */
-  env: Record<string, string>;
+  /**
+   * The process environment of this activation, built when asked for: only the per-activation executor
+   * needs it (a loop process has its own environment, and copying it would cost every activation).
+   */
+  env(): Record<string, string>;
 }
 
 /** An activation's result: a JSON object or array, scanned, and the bytes it came as. */

@@ -78,11 +78,11 @@ export class ProcessExecutor implements Executor {
     if (stats.size === 0) return Promise.reject(startFailure(new Error(`spawn ${binary} ENOEXEC: exec format error (the file is empty)`), logs));
 
     return new Promise((resolve, reject) => {
-      const { args, env } = activation;
+      const { args } = activation;
       const argv = Buffer.byteLength(args) <= MAX_ARG_STRLEN ? [args] : [];
       let child: ChildProcess;
       try {
-        child = spawn(binary, argv, { cwd: actionDir, env, stdio: 'pipe', detached: true });
+        child = spawn(binary, argv, { cwd: actionDir, env: activation.env(), stdio: 'pipe', detached: true });
       } catch (error) {
         return reject(startFailure(error, logs));
       }
