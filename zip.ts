@@ -172,17 +172,29 @@ function readEndOfCentralDirectory(archive: Buffer): Directory {
   const size = c.u32();
   const offset = c.u32();
   if (entries === SATURATED_16 || size === SATURATED_32 || offset === SATURATED_32) {
-    return readZip64End(archive, endOffset);
+    if (hasZip64Locator(archive, endOffset)) return readZip64End(archive, endOffset);
+    // Info-ZIP's `zip -fz` writing to a pipe saturates the offset without writing the ZIP64 records.
+    // Where the count and size are real, the directory ends where the end record starts (as unzip reads it).
+    if (offset === SATURATED_32 && entries !== SATURATED_16 && size !== SATURATED_32 && size <= endOffset) {
+      if (disk !== 0 || directoryDisk !== 0) throw new ZipError('unsupported', 'multi-disk (spanned) archives are not supported');
+      return { entries, size, offset: endOffset - size, end: endOffset };
+    }
+    throw new ZipError('format', 'the end record needs a ZIP64 locator, and there is none');
   }
   if (disk !== 0 || directoryDisk !== 0) throw new ZipError('unsupported', 'multi-disk (spanned) archives are not supported');
   return { entries, size, offset, end: endOffset };
+}
+
+/** Whether a ZIP64 locator sits right before the end record. */
+function hasZip64Locator(archive: Buffer, endOffset: number): boolean {
+  return endOffset >= ZIP64_LOCATOR_LEN && archive.readUInt32LE(endOffset - ZIP64_LOCATOR_LEN) === ZIP64_LOCATOR_SIGNATURE;
 }
 
 /** The ZIP64 locator sits right before the end record and points at the ZIP64 end record. */
 function readZip64End(archive: Buffer, endOffset: number): Directory {
   const locator = new Cursor(archive, endOffset - ZIP64_LOCATOR_LEN, endOffset);
   locator.need(ZIP64_LOCATOR_LEN, 'the ZIP64 locator');
-  if (locator.u32() !== ZIP64_LOCATOR_SIGNATURE) throw new ZipError('format', 'the end record needs a ZIP64 locator, and there is none');
+  locator.skip(4, 'the locator signature');
   locator.skip(4, 'the disk with the ZIP64 end record');
   const recordOffset = locator.u64();
   const record = new Cursor(archive, recordOffset, endOffset - ZIP64_LOCATOR_LEN);

@@ -52,6 +52,7 @@ const FIXTURE_TREES: Array<[file: string, fixture: string, expected: Record<stri
   ],
   ['info-zip-zip64.zip', 'zip64', { 'data.txt': 'f644', exec: 'f755' }],
   ['info-zip-pipe.zip', 'pipe', { exec: 'f755', 'numbers.txt': 'f644' }],
+  ['info-zip-fz-pipe.zip', 'fz-pipe', { exec: 'f755' }],
   ['info-zip-comment.zip', 'comment', { exec: 'f755' }],
   ['symlink-venv.zip', 'venv', { bin: 'd755', 'bin/python': 'l->/usr/bin/python3', exec: 'f755' }],
   ['python-stored.zip', 'python', { 'data.txt': 'f640', exec: 'f755' }],
@@ -145,6 +146,14 @@ const HOSTILE: Array<{ name: string; archive: () => Promise<Buffer | string> | B
   { name: 'a CRC mismatch', archive: () => craftZip([{ ...EXEC_ENTRY, crc: 1234 }]), cause: /entry 'exec' has CRC-32 .* but declares 0x000004d2/ },
   { name: 'a size mismatch (deflated)', archive: () => craftZip([{ ...EXEC_ENTRY, method: 8, size: 5 }]), cause: /entry 'exec' inflates past its declared 5 bytes/ },
   { name: 'a size mismatch (stored)', archive: () => craftZip([{ ...EXEC_ENTRY, size: 5 }]), cause: /entry 'exec' is stored with \d+ bytes but declares 5/ },
+  {
+    // A saturated directory offset without a ZIP64 locator is read as unzip does; a size that then
+    // points at something other than a central header is still refused.
+    name: 'a saturated offset, no ZIP64 locator, and a size that points at garbage',
+    archive: () => saturateOffset(valid, 100),
+    cause: /zip: no central directory header at offset/,
+  },
+  { name: 'a saturated offset, no ZIP64 locator, and a size larger than the archive', archive: () => saturateOffset(valid, 1 << 20), cause: /zip: the end record needs a ZIP64 locator, and there is none/ },
   { name: 'a truncated archive', archive: () => valid.subarray(0, valid.length - 30), cause: /zip: .*(truncated|end of central directory)/ },
   {
     name: 'garbage with a ZIP signature',
@@ -210,3 +219,12 @@ describe('hostile and broken archives', { concurrency: true }, () => {
       assert.equal(((await proxy.post('/run', { value: {} })).json() as { fixture: string }).fixture, 'tree');
     }));
 });
+
+/** `archive` with its end record's directory offset saturated and its directory size set to `size`. */
+function saturateOffset(archive: Buffer, size: number): Buffer {
+  const copy = Buffer.from(archive);
+  const end = copy.lastIndexOf(Buffer.from([0x50, 0x4b, 0x05, 0x06]));
+  copy.writeUInt32LE(size, end + 12);
+  copy.writeUInt32LE(0xffffffff, end + 16);
+  return copy;
+}
