@@ -7,6 +7,7 @@ import { spawn } from 'node:child_process';
 import { constants, accessSync, chmodSync, closeSync, lstatSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, renameSync, rmdirSync, statSync, unlinkSync, writeFileSync, type Stats } from 'node:fs';
 import { join } from 'node:path';
 import type { Writable } from 'node:stream';
+import { measure, type Parts } from './timing.ts';
 import type { ZipLimits } from './zip.ts';
 
 /** The folders an install makes in the action directory; any found at the next install are leftovers. */
@@ -24,10 +25,9 @@ export interface InstallOptions {
   zipLimits: Partial<ZipLimits>;
   /**
    * Runs after the new files are in place and before `exec` is verified (a compile step, say); throwing
-   * fails the install. `hasBuildStep` tells whether there is one: without it an archive must bring `exec`.
+   * fails the install. Without one, an archive must bring its own `exec`.
    */
   build?: () => Promise<void>;
-  hasBuildStep: boolean;
   /** OW_COMPILER: compiles the new files when `exec` is not a program already. */
   compiler?: Compiler;
   /** OW_EXECUTION_ENV: the new action's `exec.env` must hold this value. */
@@ -37,6 +37,8 @@ export interface InstallOptions {
    * process); throwing fails the install and puts the previous files back.
    */
   activate?: () => Promise<void>;
+  /** Where the install's steps add their durations (Server-Timing): extract, build, swap. */
+  parts?: Parts;
 }
 
 /** `$OW_COMPILER <main> <source dir> <output dir>`, run with the action's environment, its output to the logs. */
@@ -58,9 +60,10 @@ export async function install(actionDir: string, action: ActionCode, options: In
   removeLeftovers(actionDir);
   let staging = mkdtempSync(join(actionDir, STAGING_PREFIX));
   try {
-    await writeAction(staging, action, options.zipLimits);
+    const write = (): Promise<void> => writeAction(staging, action, options.zipLimits);
+    await (action.binary ? measure(options.parts, 'extract', write) : write());
     if (options.compiler && !isProgram(join(staging, 'exec'))) {
-      const output = await compile(actionDir, staging, options.compiler);
+      const output = await measure(options.parts, 'build', () => compile(actionDir, staging, options.compiler!));
       tidy(staging);
       staging = output;
     }
@@ -70,11 +73,11 @@ export async function install(actionDir: string, action: ActionCode, options: In
     tidy(staging);
     throw error;
   }
-  const swap = swapIn(actionDir, staging);
+  const swap = await measure(options.parts, 'swap', () => swapIn(actionDir, staging));
   try {
-    await options.build?.();
+    if (options.build) await measure(options.parts, 'build', options.build);
     // Without a build step an archive must bring its own `exec` (else the stub would quietly stay).
-    if (action.binary && !options.hasBuildStep && !swap.placed.includes('exec')) throw new Error("the archive has no 'exec' at its root");
+    if (action.binary && !options.build && !swap.placed.includes('exec')) throw new Error("the archive has no 'exec' at its root");
     verifyOrThrow(join(actionDir, 'exec'));
     await options.activate?.();
   } catch (error) {

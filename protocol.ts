@@ -9,6 +9,7 @@ import { CLIENT_CLOSED, MESSAGES, ProxyError } from './errors.ts';
 import { isTooDeep, membersOf, scan, type Member, type Scanned } from './json.ts';
 import type { ActionResult } from './executors/executor.ts';
 import type { ActionRunner, RunMessage } from './runner.ts';
+import { serverTiming, type Timing } from './timing.ts';
 
 /** Ends each activation's logs on stdout and on stderr, so the invoker knows where they end. */
 export const LOG_SENTINEL = 'XXX_THE_END_OF_A_WHISK_ACTIVATION_XXX\n';
@@ -18,6 +19,8 @@ export interface ProtocolSettings {
   allowReinit: boolean;
   /** The largest request body read; more is answered 413. */
   maxBodyBytes: number;
+  /** Whether answers carry a Server-Timing header (the platform decides the default). */
+  serverTiming: boolean;
 }
 
 // The one runner and settings every request shares; set by use() before the server listens.
@@ -67,14 +70,14 @@ export function failure(error: unknown): Failure {
  * when the re-init rule lets it through). A rejected re-init logs its message and no sentinel; any
  * other failure logs its cause and the sentinels, unless the client went away before sending it all.
  */
-export function init(read: () => Promise<Map<string, Member>>): Promise<InitOutcome> {
+export function init(read: () => Promise<Map<string, Member>>, timing?: Timing): Promise<InitOutcome> {
   const outcome = initializing.then(async (): Promise<InitOutcome> => {
     if (runner.initialized && !settings.allowReinit) {
       process.stderr.write(`${MESSAGES.reinit}\n`);
       return { ok: false, status: 403, error: MESSAGES.reinit };
     }
     try {
-      await runner.init(await read());
+      await runner.init(await read(), timing?.parts);
       return { ok: true };
     } catch (error) {
       const result = failure(error);
@@ -90,11 +93,11 @@ export function init(read: () => Promise<Map<string, Member>>): Promise<InitOutc
  * Runs one activation of what `read` produces. Ends with the sentinels, before the answer, unless the
  * client went away before the activation could start.
  */
-export async function run(read: () => Promise<RunMessage>): Promise<RunOutcome> {
+export async function run(read: () => Promise<RunMessage>, timing?: Timing): Promise<RunOutcome> {
   let outcome: RunOutcome;
   try {
     const message = await read();
-    outcome = { ok: true, result: await runner.run(message) };
+    outcome = { ok: true, result: await runner.run(message, timing?.parts) };
   } catch (error) {
     outcome = failure(error);
   }
@@ -168,6 +171,11 @@ export function readJson(body: Buffer): Scanned | undefined {
     const reason = (error as Error).message;
     throw new ProxyError(400, isTooDeep(error) ? `The request body is ${reason}.` : `The request body is not valid JSON: ${reason}.`, { cause: error });
   }
+}
+
+/** The Server-Timing header for a request's answer, when answers carry one. */
+export function timingHeader(timing: Timing): OutgoingHttpHeaders {
+  return settings.serverTiming ? { 'Server-Timing': serverTiming(timing) } : {};
 }
 
 export function send(res: ServerResponse, status: number, body: string | Buffer, headers: OutgoingHttpHeaders): void {

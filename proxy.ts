@@ -9,6 +9,7 @@ import type { Socket } from 'node:net';
 import { isatty } from 'node:tty';
 import { fileURLToPath } from 'node:url';
 import { closeConnections, failure, sendError, use } from './protocol.ts';
+import { listening } from './timing.ts';
 import { ActionRunner, DEFAULT_MAX_RESULT_BYTES } from './runner.ts';
 import type { ZipLimits } from './zip.ts';
 
@@ -44,6 +45,8 @@ export interface ProxyConfig {
   compiler: string | undefined;
   /** OW_EXECUTION_ENV: what the action's `exec.env` must hold. */
   executionEnv: string | undefined;
+  /** PROXY_SERVER_TIMING: 1 or 0; unset, the platform's default (on for OpenWhisk, off for Knative). */
+  serverTiming: boolean | undefined;
   zipLimits: Partial<ZipLimits>;
 }
 
@@ -75,6 +78,7 @@ export function configFromEnv(env: NodeJS.ProcessEnv = process.env): ProxyConfig
     ackTimeoutMs: 1000 * integer(env, 'PROXY_ACK_TIMEOUT_SECONDS', 30, 0, 86_400),
     compiler: env.OW_COMPILER || undefined,
     executionEnv: env.OW_EXECUTION_ENV || undefined,
+    serverTiming: env.PROXY_SERVER_TIMING ? integer(env, 'PROXY_SERVER_TIMING', 0, 0, 1) === 1 : undefined,
     zipLimits: {
       maxBytes: integer(env, 'PROXY_ZIP_MAX_BYTES', undefined, 0, Number.MAX_SAFE_INTEGER),
       maxEntries: integer(env, 'PROXY_ZIP_MAX_ENTRIES', undefined, 0, Number.MAX_SAFE_INTEGER),
@@ -172,7 +176,9 @@ export async function start(options: StartOptions = {}): Promise<Server> {
       compiler: config.compiler,
       executionEnv: config.executionEnv,
     });
-  use(runner, { allowReinit: config.allowReinit, maxBodyBytes: config.maxBodyBytes });
+  // Server-Timing: on for the invoker's routes unless turned off; Knative answers are public, so only on request.
+  const serverTiming = config.platform === 'knative' ? config.serverTiming === true : config.serverTiming !== false;
+  use(runner, { allowReinit: config.allowReinit, maxBodyBytes: config.maxBodyBytes, serverTiming });
   const platform = await loadPlatform(config.platform);
   await platform.prepare?.();
 
@@ -222,6 +228,7 @@ export async function start(options: StartOptions = {}): Promise<Server> {
     // No host: Node binds the dual-stack `::` (IPv4 on every address, as 0.0.0.0, plus IPv6), or
     // 0.0.0.0 where there is no IPv6. Naming 0.0.0.0 costs a DNS module load at start-up (~0.8 ms).
     server.listen(config.port, () => {
+      listening();
       server.off('error', reject);
       resolve();
     });

@@ -11,6 +11,7 @@ import { LoopExecutor } from './executors/loop.ts';
 import { ProcessExecutor } from './executors/process.ts';
 import { install, verify, verifyOrThrow } from './install.ts';
 import { compact, kindOf, membersOf, stringValue, type Member } from './json.ts';
+import { measure, type Parts } from './timing.ts';
 import type { ZipLimits } from './zip.ts';
 
 export interface RunnerOptions {
@@ -107,19 +108,19 @@ export class ActionRunner {
    * puts the previous files back), gets the executor ready. Throws a 502 ProxyError whose cause says
    * what went wrong.
    */
-  async init(members: Map<string, Member>): Promise<void> {
+  async init(members: Map<string, Member>, parts?: Parts): Promise<void> {
     try {
       const value = initValue(members);
       const baseEnv = { ...this.initialEnv, ...value.env };
-      const activate = (): Promise<void> => this.executor.start(baseEnv);
+      const activate = (): Promise<void> => this.executor.start(baseEnv, parts);
       if (value.code !== undefined) {
         await install(this.actionDir, { code: value.code, binary: value.binary }, {
           zipLimits: this.zipLimits,
-          build: () => this.build(value),
-          hasBuildStep: this.build !== ActionRunner.prototype.build,
+          build: this.build === ActionRunner.prototype.build ? undefined : () => this.build(value),
           compiler: this.compiler === undefined ? undefined : { command: this.compiler, main: value.main ?? 'main', env: baseEnv, logs: this.logs },
           executionEnv: this.executionEnv,
           activate,
+          parts,
         });
       } else {
         verifyOrThrow(this.binary);
@@ -161,11 +162,11 @@ export class ActionRunner {
   }
 
   /** Runs one activation; resolves with its result or rejects with a ProxyError. */
-  async run(message: RunMessage): Promise<ActionResult> {
+  async run(message: RunMessage, parts?: Parts): Promise<ActionResult> {
     const activation: Activation = { ...message, env: this.activationEnv(message.fields) };
     await this.acquire();
     try {
-      return await this.executor.run(activation);
+      return await measure(parts, 'action', () => this.executor.run(activation));
     } finally {
       this.release();
     }

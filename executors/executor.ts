@@ -10,6 +10,7 @@ import { isAscii } from 'node:buffer';
 import type { Readable, Writable } from 'node:stream';
 import { MESSAGES, ProxyError } from '../errors.ts';
 import { scan, type Scanned } from '../json.ts';
+import type { Parts } from '../timing.ts';
 
 export interface Activation {
   /** The arguments' JSON text (an object or an array), as the client sent it. */
@@ -37,10 +38,11 @@ export interface ActionResult {
 export interface Executor {
   /**
    * Gets the action now in the action directory ready to run, with `env` as its base environment (the
-   * loop executor starts a process and waits for its ack). Throwing fails the init. Called after every
-   * successful install, and once at start-up for the action the image brings.
+   * loop executor starts a process and waits for its ack). Throwing fails the init (inside the install,
+   * so the previous files come back). Called by every init; a /run before any init runs what the image
+   * brings. What it takes is added to `parts` as `start` (Server-Timing) when there is anything to start.
    */
-  start(env: Record<string, string>): Promise<void>;
+  start(env: Record<string, string>, parts?: Parts): Promise<void>;
   /** Runs one activation; resolves with its result, an object or array, or rejects with a ProxyError. */
   run(activation: Activation): Promise<ActionResult>;
   /** Kills every action process that is running an activation, each with its process group; returns a line for each. */

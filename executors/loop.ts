@@ -11,6 +11,7 @@ import type { Readable } from 'node:stream';
 import { MESSAGES, ProxyError } from '../errors.ts';
 import { verify } from '../install.ts';
 import { compact, scan } from '../json.ts';
+import { measure, type Parts } from '../timing.ts';
 import { MAX_LOG_LINE_BYTES, forwardLines, resultOf, resultTooLarge, type ActionResult, type Activation, type Executor, type Logs } from './executor.ts';
 import { describeProcess, killGroup, startFailure } from './process.ts';
 
@@ -75,8 +76,8 @@ export class LoopExecutor implements Executor {
    * Starts a process of the action now installed (acked when acks are on). Only once it is up are the
    * older processes stopped: a failed start leaves them running and answering.
    */
-  async start(env: Record<string, string>): Promise<void> {
-    const started = await this.launch(env, this.generation + 1);
+  async start(env: Record<string, string>, parts?: Parts): Promise<void> {
+    const started = await measure(parts, 'start', () => this.launch(env, this.generation + 1));
     this.generation++;
     this.env = env;
     for (const process of [...this.processes]) if (process.generation < this.generation && !process.waiter) this.terminate(process);

@@ -12,9 +12,10 @@ import { isUtf8 } from 'node:buffer';
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import { ProxyError } from '../errors.ts';
 import { compact, isTooDeep, kindOf, member, membersOf, objectText, stringValue, type Member, type Scanned } from '../json.ts';
-import { activationFields, init, readBody, readJson, run, send, sendError } from '../protocol.ts';
+import { activationFields, init, readBody, readJson, run, send, sendError, timingHeader } from '../protocol.ts';
 import type { ActionResult } from '../executors/executor.ts';
 import type { RunMessage } from '../runner.ts';
+import { startTiming, type Timing } from '../timing.ts';
 
 const METHODS = ['GET', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS'] as const;
 const ENVELOPE_KEYS = ['init', 'activation', 'value'];
@@ -69,17 +70,18 @@ export async function prepare(env: NodeJS.ProcessEnv = process.env): Promise<voi
 
 export async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
   const cors = corsHeaders(req);
+  const timing = startTiming();
   try {
-    await respond(req, res, cors);
+    await respond(req, res, cors, timing);
   } catch (error) {
     // What this platform answers carries the CORS headers, errors included; anything unexpected is
     // proxy.ts's 500.
     if (!(error instanceof ProxyError)) throw error;
-    sendError(res, error.status, error.message, cors);
+    sendError(res, error.status, error.message, { ...cors, ...timingHeader(timing) });
   }
 }
 
-async function respond(req: IncomingMessage, res: ServerResponse, cors: Record<string, string>): Promise<void> {
+async function respond(req: IncomingMessage, res: ServerResponse, cors: Record<string, string>, timing: Timing): Promise<void> {
   const method = req.method ?? 'GET';
   if (!state.allowed.has(method)) {
     if (method === 'OPTIONS') return send(res, 200, '', cors);
@@ -108,19 +110,20 @@ async function respond(req: IncomingMessage, res: ServerResponse, cors: Record<s
   if (initMember) {
     if (state.dedicated) throw new ProxyError(403, 'Cannot initialize a runtime with a dedicated function.');
     const initValue = initMembers(initMember.value);
-    const outcome = await init(async () => initValue);
+    const outcome = await init(async () => initValue, timing);
     if (!outcome.ok) throw new ProxyError(outcome.status, outcome.error);
     // Remembered only once the init succeeded: a failed init changes nothing.
     state.raw = initValue.get('raw')?.value === 'true';
     const name = initValue.get('name')?.value;
     if (name !== undefined && kindOf(name) === 'string' && name !== '""') state.actionName = stringValue(name);
-    if (!envelope!.has('activation') && !envelope!.has('value')) return send(res, 200, 'OK', { ...cors, 'Content-Type': 'text/html; charset=utf-8' });
+    if (!envelope!.has('activation') && !envelope!.has('value')) return send(res, 200, 'OK', { ...cors, ...timingHeader(timing), 'Content-Type': 'text/html; charset=utf-8' });
   }
 
-  const outcome = await run(async () => (envelope ? envelopeMessage(envelope, request) : webMessage(request, json)));
+  const outcome = await run(async () => (envelope ? envelopeMessage(envelope, request) : webMessage(request, json)), timing);
   if (!outcome.ok) throw new ProxyError(outcome.status, outcome.error);
   const response = webResponse(outcome.result);
-  send(res, response.status, response.body, withDefaults(response.headers, cors));
+  // The proxy's headers are defaults: what the action set wins (a Server-Timing of its own included).
+  send(res, response.status, response.body, withDefaults(response.headers, { ...cors, ...timingHeader(timing) }));
 }
 
 interface WebRequest {
@@ -145,7 +148,7 @@ function corsHeaders(req: IncomingMessage): Record<string, string> {
 }
 
 /** `headers` plus each default whose name (in any case) is not there yet. */
-function withDefaults(headers: OutgoingHttpHeaders, defaults: Record<string, string>): OutgoingHttpHeaders {
+function withDefaults(headers: OutgoingHttpHeaders, defaults: OutgoingHttpHeaders): OutgoingHttpHeaders {
   const present = new Set(Object.keys(headers).map((name) => name.toLowerCase()));
   const merged: OutgoingHttpHeaders = { ...headers };
   for (const [name, value] of Object.entries(defaults)) if (!present.has(name.toLowerCase())) merged[name] = value;

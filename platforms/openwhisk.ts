@@ -3,24 +3,28 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { MESSAGES, ProxyError } from '../errors.ts';
 import { membersOf, type Member, type Scanned } from '../json.ts';
-import { activationFields, init, readBody, readJson, run, send, sendError, sendJson } from '../protocol.ts';
+import { activationFields, init, readBody, readJson, run, send, sendError, sendJson, timingHeader } from '../protocol.ts';
 import type { RunMessage } from '../runner.ts';
+import { startTiming } from '../timing.ts';
 
 const ROUTES = ['/init', '/run'];
 
 export async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const timing = startTiming();
   const path = (req.url ?? '/').split('?', 1)[0]!;
   if (!ROUTES.includes(path)) return sendError(res, 404, `There is no ${path}: the proxy serves POST /init and POST /run.`);
   if (req.method !== 'POST') return sendError(res, 405, `${path} takes POST, not ${req.method}.`, { Allow: 'POST' });
 
   if (path === '/init') {
-    const outcome = await init(async () => initValue(readJson(await readBody(req))));
+    const outcome = await init(async () => initValue(readJson(await readBody(req))), timing);
     // Text, as the original's Flask answered it.
-    return outcome.ok ? send(res, 200, 'OK', { 'Content-Type': 'text/html; charset=utf-8' }) : sendError(res, outcome.status, outcome.error);
+    if (outcome.ok) return send(res, 200, 'OK', { 'Content-Type': 'text/html; charset=utf-8', ...timingHeader(timing) });
+    return sendError(res, outcome.status, outcome.error, timingHeader(timing));
   }
-  const outcome = await run(async () => runMessage(readJson(await readBody(req))));
+  const outcome = await run(async () => runMessage(readJson(await readBody(req))), timing);
   // The result's own bytes: a large answer costs no further copy.
-  return outcome.ok ? sendJson(res, 200, outcome.result.bytes) : sendError(res, outcome.status, outcome.error);
+  if (outcome.ok) return sendJson(res, 200, outcome.result.bytes, timingHeader(timing));
+  return sendError(res, outcome.status, outcome.error, timingHeader(timing));
 }
 
 /** `{"value": {...}}`: an empty body or a missing value is `{}`; anything but objects (JSON `null` too) is a 404. */

@@ -258,6 +258,23 @@ describe('web requests', { concurrency: true }, () => {
       assert.equal(bad.status, 400);
     }));
 
+  test('init.name is the default action_name when the activation\'s is absent or an empty string', () =>
+    knative({}, async (proxy) => {
+      assert.equal((await initOnly(proxy, { code: ENV_ECHO, name: 'named' })).status, 200);
+      for (const activation of [{ action_name: '' }, {}, { namespace: 'ns' }]) {
+        assert.equal(((await proxy.post('/', { activation, value: {} })).json() as { name: string }).name, 'named', JSON.stringify(activation));
+      }
+    }));
+
+  test('an envelope with value and no activation is a direct invocation: the arguments are exactly value', () =>
+    knative({}, async (proxy) => {
+      assert.equal((await initOnly(proxy, { code: ENV_ECHO })).status, 200);
+      const direct = await proxy.post('/', { value: { a: 1, big: 12345678901234567890n.toString() } });
+      assert.deepEqual((direct.json() as { args: unknown }).args, { a: 1, big: '12345678901234567890' });
+      const withActivation = (await proxy.post('/', { activation: {}, value: { a: 1 } })).json() as { args: Record<string, unknown> };
+      assert.deepEqual(Object.keys(withActivation.args), ['a', '__ow_method', '__ow_headers', '__ow_path', '__ow_user']);
+    }));
+
   test('GET with query parameters; POST of a JSON document; a urlencoded form', () =>
     withResponder({}, false, async (proxy) => {
       const get = argsOf(await proxy.request('GET', '/?a=1&b=two&b=three'));
