@@ -87,14 +87,14 @@ describe('Knative: public, so only with PROXY_SERVER_TIMING=1', { concurrency: t
     }));
 
   test('on with PROXY_SERVER_TIMING=1; the action\'s own Server-Timing wins', async () => {
-      await withProxy({ env: { __OW_RUNTIME_PLATFORM: 'knative', __OW_ACTION_CODE: action, PROXY_SERVER_TIMING: '1' } }, async (proxy) => {
-        const first = timings(await proxy.post('/', {}));
-        assert.ok(first.has('startup') && first.has('action'));
-        assertAddsUp(timings(await proxy.post('/', {})), ['action']);
-      });
-      const own = '#!/bin/sh\necho \'{"headers":{"server-timing":"db;dur=5"},"body":"hi"}\'\n';
-      await withProxy({ env: { __OW_RUNTIME_PLATFORM: 'knative', __OW_ACTION_CODE: own, PROXY_SERVER_TIMING: '1' } }, async (proxy) => {
-        assert.equal((await proxy.post('/', {})).headers['server-timing'], 'db;dur=5');
-      });
+    await withProxy({ env: { __OW_RUNTIME_PLATFORM: 'knative', __OW_ACTION_CODE: action, PROXY_SERVER_TIMING: '1' } }, async (proxy) => {
+      const first = timings(await proxy.post('/', {}));
+      assert.ok(first.has('startup') && first.has('action'));
+      assertAddsUp(timings(await proxy.post('/', {})), ['action']);
+    });
+    const own = '#!/bin/sh\necho \'{"headers":{"server-timing":"db;dur=5"},"body":"hi"}\'\n';
+    await withProxy({ env: { __OW_RUNTIME_PLATFORM: 'knative', __OW_ACTION_CODE: own, PROXY_SERVER_TIMING: '1' } }, async (proxy) => {
+      assert.equal((await proxy.post('/', {})).headers['server-timing'], 'db;dur=5');
+    });
   });
 });
