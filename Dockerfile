@@ -1,23 +1,38 @@
-# The action proxy image: the proxy as one compiled JavaScript file on Node 24 (LTS) alpine, the stub
-# action at /action/exec.
+# The action proxy image: the proxy as one compiled JavaScript file on Node 24 (LTS), the stub action at
+# /action/exec, tini as PID 1.
+#
+# BASE is the Node 24 image to build on: the official one by default. Any image with node, npm and a
+# POSIX shell works; one that has no apk must bring bash and tini itself (the test suite builds on such a
+# local stand-in, see the README's "The image").
+ARG BASE=node:24-alpine
 
-FROM node:24-alpine AS build
+FROM ${BASE} AS build
+# Only for builds behind a TLS-inspecting proxy: the path of a CA bundle mounted into the build
+# (`podman build -v /etc/ssl/certs/ca-certificates.crt:/ca.crt:ro --build-arg NODE_EXTRA_CA_CERTS=/ca.crt`).
+# It stays in this stage; the image does not have it.
+ARG NODE_EXTRA_CA_CERTS
 WORKDIR /src
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
-COPY tsconfig.json proxy.ts runner.ts zip.ts ./
+COPY tsconfig.json *.ts ./
 COPY platforms platforms
-# One CommonJS file: loading one module instead of five starts the proxy faster (see the README).
+COPY executors executors
+# One CommonJS file: loading one module instead of a dozen starts the proxy faster (see the README).
 RUN npm run --silent bundle
 
-FROM node:24-alpine
-# bash for shell actions; npm, npx, corepack and yarn are not needed to run the proxy.
-RUN apk add --no-cache bash \
+FROM ${BASE}
+# bash for shell actions. tini as PID 1: Node reaps only the processes it started, so an action's orphans
+# (`(sleep 1 &)`) would stay zombies and use up the container's PIDs. npm, npx, corepack and yarn are not
+# needed to run the proxy.
+RUN if command -v apk > /dev/null; then apk add --no-cache bash tini; fi \
+ && command -v bash > /dev/null && command -v tini > /dev/null \
  && rm -rf /usr/local/lib/node_modules /usr/local/bin/npm /usr/local/bin/npx /usr/local/bin/corepack /opt/yarn* /usr/local/bin/yarn /usr/local/bin/yarnpkg
 COPY --from=build /src/dist/proxy.cjs /proxy/proxy.cjs
 COPY action/exec /action/exec
 ENV FLASK_PROXY_PORT=8080
 EXPOSE 8080
+# tini forwards SIGTERM to the proxy, which lets running activations finish, and exits with its code.
+ENTRYPOINT ["tini", "--"]
 # A 2 MiB young generation: under sustained load Node 24 otherwise grows it to 2 x 64 MiB and keeps it
 # (RSS after 10,000 activations: 76-83 MiB with the flag, 158-188 MiB without; start-up within noise).
 CMD ["node", "--max-semi-space-size=2", "/proxy/proxy.cjs"]

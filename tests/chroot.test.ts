@@ -1,7 +1,8 @@
 // Scratch-like embedding: the proxy in a root filesystem holding only the node binary, /bin/sh, the
 // shared libraries `ldd` lists for them, the bundled proxy and the stub. It proves the proxy needs
-// nothing but Node (and a shell for shell actions). It starts the proxy with the Dockerfile's CMD, as the
-// image does. Needs root for chroot; skipped otherwise.
+// nothing but Node (and a shell for shell actions; and, as PID 1 of a container whose actions leave
+// background children, an init that reaps orphans, as the image has tini). It starts the proxy with the
+// Dockerfile's CMD, as the image does. Needs root for chroot; skipped otherwise.
 
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';

@@ -1,0 +1,236 @@
+// The image, built and run as a real container (`npm run test:image`): what users of a base image
+// expect, each shown on the running container. Needs podman (or docker) and the image built by
+// `npm run image`; on machines without a registry that image is built on the local stand-in base
+// (image/stand-in-base.sh: Debian bookworm minbase + bash + tini, Node 24 from the npm registry).
+
+import assert from 'node:assert/strict';
+import { execFile, execFileSync } from 'node:child_process';
+import { chownSync, copyFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, test } from 'node:test';
+import { promisify } from 'node:util';
+import { SENTINEL, STUB, request, zipBase64, type Response } from '../helpers.ts';
+
+const run = promisify(execFile);
+const ENGINE = process.env.PROXY_IMAGE_ENGINE ?? 'podman';
+const IMAGE = process.env.PROXY_IMAGE ?? 'localhost/action-proxy:latest';
+// runc: crun refuses this machine's hybrid cgroups; rlimits: raising them is refused here.
+const RUNTIME = ENGINE === 'podman' ? ['--runtime', 'runc'] : [];
+const LIMITS = ['--ulimit', 'nofile=1024:1024', '--ulimit', 'nproc=1024:1024'];
+
+let counter = 0;
+
+interface Container {
+  name: string;
+  port: number;
+  post(path: string, body?: string | object): Promise<Response>;
+  logs(): Promise<string>;
+  exec(...command: string[]): Promise<string>;
+}
+
+async function engine(...args: string[]): Promise<string> {
+  return (await run(ENGINE, args, { maxBuffer: 64 * 1024 * 1024 })).stdout;
+}
+
+/** Runs the image with `args` (engine options before the image), waits until it answers, removes it after. */
+async function withContainer<T>(args: string[], fn: (container: Container) => Promise<T>, options: { port?: number; image?: string } = {}): Promise<T> {
+  const name = `proxy-image-test-${process.pid}-${++counter}`;
+  const inner = options.port ?? 8080;
+  try {
+    await engine('run', '-d', '--name', name, ...RUNTIME, ...LIMITS, '-p', `127.0.0.1::${inner}`, ...args, options.image ?? IMAGE);
+    const port = Number((await engine('port', name, String(inner))).trim().split(':').pop());
+    const container: Container = {
+      name,
+      port,
+      post: (path, body) => request(port, 'POST', path, body),
+      logs: async () => {
+        const { stdout, stderr } = await run(ENGINE, ['logs', name], { maxBuffer: 64 * 1024 * 1024 });
+        return stdout + stderr;
+      },
+      exec: (...command) => engine('exec', name, ...command),
+    };
+    await untilAnswering(port);
+    return await fn(container);
+  } finally {
+    await engine('rm', '-f', '-t', '0', name).catch(() => undefined);
+  }
+}
+
+async function untilAnswering(port: number, ms = 30_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    try {
+      await request(port, 'GET', '/ready');
+      return;
+    } catch (error) {
+      if (Date.now() > deadline) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  }
+}
+
+/** A folder for /action, holding the stub, owned by `uid` (a volume the container's user can write). */
+function actionVolume(uid = 0): { dir: string; remove(): void } {
+  const dir = mkdtempSync(join(tmpdir(), 'proxy-image-action-'));
+  copyFileSync(STUB, join(dir, 'exec'));
+  chownSync(dir, uid, uid);
+  chownSync(join(dir, 'exec'), uid, uid);
+  return { dir, remove: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+/** Processes in the container that are zombies (state Z), read from /proc inside it. */
+async function zombies(container: Container): Promise<string[]> {
+  const stat = await container.exec('sh', '-c', 'cat /proc/[0-9]*/stat 2>/dev/null');
+  return stat.split('\n').filter((line) => /^\d+ \(.*\) Z /.test(line));
+}
+
+describe('the image as a container', { concurrency: 2 }, () => {
+  test('shell and zip actions through the published port; logs and sentinels in the container logs', () =>
+    withContainer([], async (container) => {
+      const script = await container.post('/init', { value: { code: '#!/bin/bash\necho "log from bash $BASH_VERSION"\necho "$1"\n' } });
+      assert.equal(script.status, 200);
+      assert.deepEqual((await container.post('/run', { value: { n: 1 } })).json(), { n: 1 });
+      await withZip(async (code) => {
+        // A second init needs a fresh container: one init per container, as on OpenWhisk.
+        await withContainer([], async (zipped) => {
+          assert.equal((await zipped.post('/init', { value: { binary: true, code } })).status, 200);
+          assert.deepEqual((await zipped.post('/run', { value: {} })).json(), { from: 'zip' });
+        });
+      });
+      const logs = await container.logs();
+      assert.match(logs, /log from bash 5\./);
+      assert.equal(logs.split(SENTINEL).length - 1, 2, 'one sentinel on stdout and one on stderr');
+    }));
+
+  test('PID 1 is tini with the proxy under it; orphaned action children leave no zombies, even under --pids-limit', () =>
+    withContainer(['--pids-limit', '64'], async (container) => {
+      assert.match(await container.exec('cat', '/proc/1/cmdline'), /^tini\0--\0node\0/);
+      await container.post('/init', { value: { code: '#!/bin/bash\n(sleep 0.2 &)\necho "{}"\n' } });
+      // 300 orphans in all, 8 at a time: with no one reaping them the 64 PIDs would run out.
+      const statuses: number[] = [];
+      for (let i = 0; i < 300 / 8; i++) {
+        const answers = await Promise.all(Array.from({ length: 8 }, () => container.post('/run', { value: {} })));
+        statuses.push(...answers.map((res) => res.status));
+      }
+      assert.deepEqual(new Set(statuses), new Set([200]));
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      assert.deepEqual(await zombies(container), []);
+    }));
+
+  test('podman stop during an activation: it finishes and answers, then the container exits 0 well within the grace', () =>
+    withContainer([], async (container) => {
+      await container.post('/init', { value: { code: '#!/bin/sh\nsleep 2\necho \'{"done":true}\'\n' } });
+      const answer = container.post('/run', { value: {} });
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      const started = Date.now();
+      await engine('stop', '-t', '20', container.name);
+      const took = Date.now() - started;
+      assert.deepEqual((await answer).json(), { done: true });
+      assert.equal((await engine('inspect', '--format', '{{.State.ExitCode}}', container.name)).trim(), '0');
+      assert.ok(took < 10_000, `stopped in ${took} ms, not killed after the engine's 20 s`);
+    }));
+
+  test('--read-only root (no tmpfs either) with a writable /action volume: script and zip inits work', () =>
+    withZip(async (code) => {
+      for (const init of [{ code: '#!/bin/sh\necho \'{"script":true}\'\n' }, { binary: true, code }]) {
+        const volume = actionVolume();
+        try {
+          await withContainer(['--read-only', '--read-only-tmpfs=false', '-v', `${volume.dir}:/action`], async (container) => {
+            const res = await container.post('/init', { value: init });
+            assert.equal(res.status, 200, await container.logs());
+            assert.equal((await container.post('/run', { value: {} })).status, 200);
+          });
+        } finally {
+          volume.remove();
+        }
+      }
+    }));
+
+  test('--user 65534 (no root) with a writable /action volume, and a read-only root', () => {
+    const volume = actionVolume(65534);
+    return withContainer(['--user', '65534', '--read-only', '-v', `${volume.dir}:/action`], async (container) => {
+      assert.equal((await container.exec('id', '-u')).trim(), '65534');
+      assert.equal((await container.post('/init', { value: { code: '#!/bin/sh\necho "{\\"uid\\":$(id -u)}"\n' } })).status, 200);
+      assert.deepEqual((await container.post('/run', { value: {} })).json(), { uid: 65534 });
+    }).finally(volume.remove);
+  });
+
+  test('--memory 128m: 10,000 activations with 8 clients, no OOM kill; the peak is reported', () =>
+    withContainer(['--memory', '128m', '--memory-swap', '128m'], async (container) => {
+      await container.post('/init', { value: { code: '#!/bin/sh\necho \'{"ok":true}\'\n' } });
+      let left = 10_000;
+      let failed = 0;
+      await Promise.all(
+        Array.from({ length: 8 }, async () => {
+          while (left-- > 0) if ((await container.post('/run', { value: {} })).status !== 200) failed++;
+        }),
+      );
+      assert.equal(failed, 0);
+      assert.equal((await engine('inspect', '--format', '{{.State.OOMKilled}}', container.name)).trim(), 'false');
+      const peak = await peakMemory(container);
+      // The proxy's own peak RSS counts the shared pages the cgroup may have charged to whoever read them first.
+      const proxyPid = (await container.exec('sh', '-c', 'for d in /proc/[0-9]*; do case "$(tr "\\0" " " < $d/cmdline)" in node*) echo ${d#/proc/};; esac; done')).trim();
+      const proxyPeak = /VmHWM:\s+(\d+) kB/.exec(await container.exec('cat', `/proc/${proxyPid}/status`))?.[1];
+      process.stderr.write(`# --memory 128m, 10,000 activations: container cgroup peak ${peak === undefined ? 'not readable' : `${(peak / 2 ** 20).toFixed(1)} MiB`}, proxy peak RSS ${(Number(proxyPeak) / 1024).toFixed(1)} MiB\n`);
+      assert.ok(Number(proxyPeak) * 1024 < 128 * 2 ** 20);
+      if (peak !== undefined) assert.ok(peak < 128 * 2 ** 20);
+    }));
+
+  test('Knative settings: PORT, __OW_RUNTIME_PLATFORM=knative and __OW_ACTION_CODE answer a web request', () =>
+    withContainer(
+      ['-e', 'PORT=9090', '-e', '__OW_RUNTIME_PLATFORM=knative', '-e', '__OW_HTTP_METHODS=GET', '-e', `__OW_ACTION_CODE=#!/bin/sh\necho '{"headers":{"content-type":"text/plain"},"body":"hello from knative"}'`],
+      async (container) => {
+        const res = await request(container.port, 'GET', '/any/path?x=1');
+        assert.equal(res.status, 200);
+        assert.equal(res.text, 'hello from knative');
+        assert.equal(res.headers['access-control-allow-origin'], '*');
+      },
+      { port: 9090 },
+    ));
+
+  test('a derived image with COPY exec /action/exec runs its action without an init (the README\'s recipe)', async () => {
+    const context = mkdtempSync(join(tmpdir(), 'proxy-image-derived-'));
+    const tag = `localhost/action-proxy-derived-test:${process.pid}`;
+    try {
+      writeFileSync(join(context, 'exec'), '#!/bin/sh\necho "{\\"derived\\":true,\\"args\\":$1}"\n', { mode: 0o755 });
+      writeFileSync(join(context, 'Dockerfile'), `FROM ${IMAGE}\nCOPY exec /action/exec\n`);
+      await engine('build', ...RUNTIME, '--tag', tag, context);
+      await withContainer([], async (container) => {
+        assert.deepEqual((await container.post('/run', { value: { a: 1 } })).json(), { derived: true, args: { a: 1 } });
+      }, { image: tag });
+    } finally {
+      rmSync(context, { recursive: true, force: true });
+      await engine('rmi', '-f', tag).catch(() => undefined);
+    }
+  });
+});
+
+/** Runs `fn` with base64 of a zip whose exec answers {"from":"zip"}. */
+async function withZip<T>(fn: (code: string) => Promise<T>): Promise<T> {
+  const dir = mkdtempSync(join(tmpdir(), 'proxy-image-zip-'));
+  try {
+    writeFileSync(join(dir, 'exec'), '#!/bin/sh\necho \'{"from":"zip"}\'\n', { mode: 0o755 });
+    writeFileSync(join(dir, 'data.txt'), 'data');
+    return await fn(zipBase64(dir));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** The container's peak memory use from its cgroup (v2 memory.peak, or v1 memory.max_usage_in_bytes). */
+async function peakMemory(container: Container): Promise<number | undefined> {
+  const pid = (await engine('inspect', '--format', '{{.State.Pid}}', container.name)).trim();
+  const cgroups = execFileSync('cat', [`/proc/${pid}/cgroup`]).toString().split('\n');
+  const v1 = cgroups.find((line) => /:memory:/.test(line))?.split(':')[2];
+  const v2 = cgroups.find((line) => line.startsWith('0::'))?.slice(3);
+  for (const file of [v1 && `/sys/fs/cgroup/memory${v1}/memory.max_usage_in_bytes`, v2 && `/sys/fs/cgroup${v2}/memory.peak`]) {
+    if (!file) continue;
+    try {
+      return Number(execFileSync('cat', [file]).toString().trim());
+    } catch {
+      // not this hierarchy
+    }
+  }
+  return undefined;
+}
