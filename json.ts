@@ -213,13 +213,7 @@ function object(cursor: Cursor, depth: number, members: Map<string, Member> | un
   if (depth > MAX_DEPTH) throw tooDeep(cursor);
   const { text } = cursor;
   const start = cursor.at;
-  cursor.at++; // {
-  skipSpace(cursor);
-  if (text.charCodeAt(cursor.at) === CLOSE_BRACE) {
-    cursor.at++;
-    return;
-  }
-  for (;;) {
+  sequence(cursor, CLOSE_BRACE, () => {
     if (text.charCodeAt(cursor.at) !== QUOTE) throw unexpected(cursor);
     const keyStart = cursor.at;
     string(cursor);
@@ -233,29 +227,26 @@ function object(cursor: Cursor, depth: number, members: Map<string, Member> | un
       const key = text.slice(keyStart, keyEnd);
       members.set(stringValue(key), { key, value: text.slice(valueStart, cursor.at), at: valueStart - start });
     }
-    skipSpace(cursor);
-    if (text.charCodeAt(cursor.at) === CLOSE_BRACE) {
-      cursor.at++;
-      return;
-    }
-    expect(cursor, COMMA);
-    skipSpace(cursor);
-  }
+  });
 }
 
 function array(cursor: Cursor, depth: number): void {
   if (depth > MAX_DEPTH) throw tooDeep(cursor);
-  const { text } = cursor;
-  cursor.at++; // [
+  sequence(cursor, CLOSE_BRACKET, () => value(cursor, depth));
+}
+
+/** The items of an object or array: the cursor on its opening bracket, `item` read at each, up to `close`. */
+function sequence(cursor: Cursor, close: number, item: () => void): void {
+  cursor.at++; // { or [
   skipSpace(cursor);
-  if (text.charCodeAt(cursor.at) === CLOSE_BRACKET) {
+  if (cursor.text.charCodeAt(cursor.at) === close) {
     cursor.at++;
     return;
   }
   for (;;) {
-    value(cursor, depth);
+    item();
     skipSpace(cursor);
-    if (text.charCodeAt(cursor.at) === CLOSE_BRACKET) {
+    if (cursor.text.charCodeAt(cursor.at) === close) {
       cursor.at++;
       return;
     }
