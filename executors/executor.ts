@@ -66,14 +66,22 @@ export function resultTooLarge(limit: number): string {
   return `The action's result is larger than the limit of ${limit} bytes (PROXY_MAX_RESULT_BYTES).`;
 }
 
+/** Forwards an action's pipe to a log, line by line. */
+export interface LineForwarder {
+  /**
+   * What is held back: with `holdLast`, the last line (the result candidate, only known once the pipe
+   * ends), else an unfinished line; `undefined` when that was a last line longer than the limit.
+   */
+  rest(): Buffer | undefined;
+  /** Forwards bytes read from the pipe other than through its stream, in order after what that gave. */
+  feed(chunk: Buffer): void;
+}
+
 /**
- * Forwards complete lines from an action's pipe to a log as they arrive and returns a function giving
- * what was held back at the end: with `holdLast`, the last line (the result candidate, which is only
- * known once the pipe ends), else an unfinished line. A line is held up to `maxHeld` bytes; a longer one
- * is forwarded in pieces as it comes, and if it was the last line the function gives `undefined`. A
- * full log pauses the pipe.
+ * Forwards complete lines from an action's pipe to a log as they arrive. A line is held up to `maxHeld`
+ * bytes; a longer one is forwarded in pieces as it comes. A full log pauses the pipe.
  */
-export function forwardLines(from: Readable, to: Writable, holdLast: boolean, maxHeld: number): () => Buffer | undefined {
+export function forwardLines(from: Readable, to: Writable, holdLast: boolean, maxHeld: number): LineForwarder {
   let held: Buffer[] = [];
   let heldBytes = 0;
   let heldEndsLine = false;
@@ -93,7 +101,7 @@ export function forwardLines(from: Readable, to: Writable, holdLast: boolean, ma
     heldBytes = 0;
     for (const part of parts) heldBytes += part.length;
   };
-  from.on('data', (chunk: Buffer) => {
+  const feed = (chunk: Buffer): void => {
     // With holdLast, a newline that ends the chunk may end the output: it does not release the line.
     const searchEnd = holdLast ? chunk.length - 2 : chunk.length - 1;
     const cut = searchEnd < 0 ? -1 : chunk.lastIndexOf(NEWLINE, searchEnd);
@@ -118,12 +126,16 @@ export function forwardLines(from: Readable, to: Writable, holdLast: boolean, ma
       hold([]);
       spilled = true;
     }
-  });
-  return () => {
-    if (spilled && holdLast) return undefined;
-    const rest = held.length === 1 ? held[0]! : Buffer.concat(held, heldBytes);
-    hold([]);
-    return rest;
+  };
+  from.on('data', feed);
+  return {
+    feed,
+    rest() {
+      if (spilled && holdLast) return undefined;
+      const rest = held.length === 1 ? held[0]! : Buffer.concat(held, heldBytes);
+      hold([]);
+      return rest;
+    },
   };
 }
 

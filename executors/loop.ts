@@ -7,6 +7,7 @@
 // fd-3 line never answers a later activation; what an activation logged comes before its sentinels.
 
 import { spawn, type ChildProcess } from 'node:child_process';
+import { readSync } from 'node:fs';
 import type { Readable } from 'node:stream';
 import { MESSAGES, ProxyError } from '../errors.ts';
 import { verify } from '../install.ts';
@@ -20,8 +21,6 @@ const NEWLINE = 0x0a;
 const STOP_GRACE_MS = 1_000;
 /** fd 3 usually closes because the process is exiting: how long its exit gets to be reported as such. */
 const FD3_CLOSED_GRACE_MS = 100;
-/** Most event-loop turns spent waiting for an activation's logs to stop arriving. */
-const MAX_SETTLE_TURNS = 64;
 
 export const EXITED = 'The action exited before returning a result. See logs for details.';
 
@@ -46,14 +45,14 @@ interface LoopProcess {
   waiter: ((line: Buffer | undefined) => void) | undefined;
   /** Called when it exits or closes fd 3 while someone waits. */
   onGone: ((why: string) => void) | undefined;
-  /** Bytes seen on its pipes so far: quiet pipes are how an activation's logs are known to be in. */
-  seen: number;
   /** It has exited. */
   gone: boolean;
   /** The proxy is stopping it: out of the pool, its exit is expected. */
   stopping: boolean;
   /** Writes the unfinished log lines it holds (at the end of an activation), each ended. */
   flushLogs(): void;
+  /** Reads what the kernel still holds in its stdout and stderr pipes into the logs. */
+  drainPipes(): void;
   name: string;
 }
 
@@ -168,15 +167,29 @@ export class LoopExecutor implements Executor {
     else this.idle.push(process);
   }
 
-  /** Resolves once a whole turn of the event loop has passed with nothing read from the process's pipes. */
+  /**
+   * Resolves once everything the process wrote to stdout and stderr before now is in the logs: first what
+   * its streams hold (a paused stream, when the proxy's own log is full, holds data back), then what the
+   * kernel still holds in the pipes, read directly until they are empty. Its answer on fd 3 came after
+   * its logs, so its logs are all in by then, however much they were.
+   */
   private async settle(process: LoopProcess): Promise<void> {
-    const out = process.child.stdout as Readable;
-    const err = process.child.stderr as Readable;
-    for (let turn = 0; turn < MAX_SETTLE_TURNS; turn++) {
-      const seen = process.seen;
-      await new Promise((resolve) => setImmediate(resolve));
-      if (process.seen === seen && !out.isPaused() && !err.isPaused()) return;
+    const pipes = [process.child.stdout as Readable, process.child.stderr as Readable];
+    await new Promise((resolve) => setImmediate(resolve));
+    for (;;) {
+      const holding = pipes.filter((pipe) => !pipe.destroyed && (pipe.isPaused() || pipe.readableLength > 0));
+      if (holding.length === 0) break;
+      await new Promise<void>((resolve) => {
+        const moved = (): void => {
+          clearTimeout(timer);
+          for (const pipe of holding) pipe.off('resume', moved);
+          resolve();
+        };
+        const timer = setTimeout(moved, 5);
+        for (const pipe of holding) pipe.once('resume', moved);
+      });
     }
+    process.drainPipes();
   }
 
   /** Stops a process: its stdin closed, SIGTERM to its group, SIGKILL after a second. */
@@ -218,30 +231,28 @@ export class LoopExecutor implements Executor {
       });
       if (child.pid === undefined) return;
 
-      const stdoutRest = forwardLines(child.stdout!, logs.stdout, false, MAX_LOG_LINE_BYTES);
-      const stderrRest = forwardLines(child.stderr!, logs.stderr, false, MAX_LOG_LINE_BYTES);
+      const stdoutLines = forwardLines(child.stdout!, logs.stdout, false, MAX_LOG_LINE_BYTES);
+      const stderrLines = forwardLines(child.stderr!, logs.stderr, false, MAX_LOG_LINE_BYTES);
       const process: LoopProcess = {
         child,
         generation,
         waiter: undefined,
         onGone: undefined,
-        seen: 0,
         gone: false,
         stopping: false,
         name: describeProcess(child.pid),
         flushLogs() {
-          for (const [rest, log] of [[stdoutRest(), logs.stdout], [stderrRest(), logs.stderr]] as const) {
+          for (const [rest, log] of [[stdoutLines.rest(), logs.stdout], [stderrLines.rest(), logs.stderr]] as const) {
             if (rest?.length) log.write(rest[rest.length - 1] === NEWLINE ? rest : Buffer.concat([rest, Buffer.from('\n')]));
           }
         },
+        drainPipes() {
+          readDry(child.stdout as Readable, stdoutLines.feed);
+          readDry(child.stderr as Readable, stderrLines.feed);
+        },
       };
-      const count = (chunk: Buffer): void => {
-        process.seen += chunk.length;
-      };
-      child.stdout!.on('data', count);
-      child.stderr!.on('data', count);
       child.stdin!.on('error', () => {}); // EPIPE: reported to the write that failed
-      readResultLines(child.stdio[3] as Readable, maxResultBytes, process, {
+      readResultLines(child.stdio[3] as Readable, maxResultBytes, {
         line: (line) => {
           if (process.waiter) return process.waiter(line);
           // A stray answer, with no activation to answer: it goes to the logs.
@@ -302,17 +313,41 @@ export class LoopExecutor implements Executor {
   }
 }
 
+/** Most reads of one pipe when draining it: an action that never stops writing can't hold its answer back. */
+const MAX_DRAIN_READS = 64;
+
+/**
+ * Reads what the kernel holds in a child's pipe, straight from its file descriptor (non-blocking, as
+ * libuv made it), until it is empty; each chunk to `forward`. The stream must hold nothing itself.
+ */
+function readDry(pipe: Readable, forward: (chunk: Buffer) => void): void {
+  // Node keeps a pipe's descriptor on the stream's handle; without one there is nothing to read.
+  const handle = (pipe as unknown as { _handle?: { fd?: unknown } })._handle;
+  const fd = handle?.fd;
+  if (typeof fd !== 'number' || fd < 0) return;
+  const buffer = Buffer.allocUnsafe(65536);
+  for (let reads = 0; reads < MAX_DRAIN_READS; reads++) {
+    let length: number;
+    try {
+      length = readSync(fd, buffer);
+    } catch {
+      return; // EAGAIN: empty
+    }
+    if (length === 0) return; // the end
+    forward(Buffer.from(buffer.subarray(0, length)));
+  }
+}
+
 /**
  * Reads fd 3 as lines, each handed to `on.line` (`undefined` for a line longer than `maxBytes`, as soon
  * as it is); when fd 3 closes, `on.closed` gets the unfinished line.
  */
-function readResultLines(pipe: Readable, maxBytes: number, process: LoopProcess, on: { line(line: Buffer | undefined): void; closed(partial: Buffer): void }): void {
+function readResultLines(pipe: Readable, maxBytes: number, on: { line(line: Buffer | undefined): void; closed(partial: Buffer): void }): void {
   let held: Buffer[] = [];
   let heldBytes = 0;
   // The current line grew past the limit and was answered for: the rest of it is dropped.
   let tooLong = false;
   pipe.on('data', (chunk: Buffer) => {
-    process.seen += chunk.length;
     let start = 0;
     for (let end = chunk.indexOf(NEWLINE); end !== -1; end = chunk.indexOf(NEWLINE, start)) {
       if (!tooLong) {

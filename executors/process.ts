@@ -117,9 +117,9 @@ export class ProcessExecutor implements Executor {
       // The activation ends when the process has exited and both pipes are drained.
       child.on('close', (code, signal) =>
         settle(() => {
-          const rest = stderrRest();
+          const rest = stderrRest.rest();
           if (rest?.length) logs.stderr.write(rest);
-          const line = lastLine();
+          const line = lastLine.rest();
           if (signal !== null) {
             // Whatever it printed last is not a result (an OOM kill must not return a stale one): a log line.
             if (line?.length) logs.stdout.write(Buffer.concat([trim(line), Buffer.from('\n')]));

@@ -68,8 +68,22 @@ describe('the protocol', { concurrency: true }, () => {
       for (let i = 0; i < 5; i++) {
         await proxy.post('/run', { value: { i } });
         await proxy.sentinels(i + 1);
-        assert.ok(proxy.stdout.text.endsWith(`tail-{"value":{"i":${i}}}\n${SENTINEL}`), `activation ${i}: its last log line just before its sentinel`);
+        assert.ok(proxy.stdout.text.endsWith(`tail-{"value":{"i":${i}}}\n${SENTINEL}`), `activation ${i}: its last log line just before its sentinel; the log ends ${JSON.stringify(proxy.stdout.text.slice(-120))}`);
       }
+    }));
+
+  test('logs before the result line come before the sentinels even while the proxy\'s own log is backed up', () =>
+    loop({}, async (proxy) => {
+      const code = '#!/bin/bash\nwhile IFS= read -r line; do head -c 2000000 /dev/zero | tr "\\\\0" b; echo; echo tail-$line; echo \'{"ok":1}\' >&3; done\n';
+      await initScript(proxy, code);
+      // Stop reading the proxy's stdout: its pipe fills and it has to hold the action's output back.
+      proxy.child.stdout!.pause();
+      const answer = proxy.post('/run', { value: { held: 1 } });
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      proxy.child.stdout!.resume();
+      assert.deepEqual((await answer).json(), { ok: 1 });
+      await proxy.sentinels(1);
+      assert.ok(proxy.stdout.text.endsWith(`tail-{"value":{"held":1}}\n${SENTINEL}`), `the log ends ${JSON.stringify(proxy.stdout.text.slice(-100))}`);
     }));
 
   test('a bad result line → 502, logged; the next run answers normally (no desync)', () =>
