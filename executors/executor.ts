@@ -4,12 +4,14 @@
 // action-loop protocol). The runner talks to either through this interface and never asks which it has.
 //
 // Both read an action's output the same way, so that is here too: log lines forwarded as they arrive
-// and never split below 1 MiB, the result line held up to its limit and judged by one rule.
+// and never split below 1 MiB, the result line held up to its limit and judged by one rule; and both
+// start, name and kill action processes the same way.
 
 import { isAscii } from 'node:buffer';
+import type { ChildProcess } from 'node:child_process';
 import type { Readable, Writable } from 'node:stream';
 import { MESSAGES, ProxyError } from '../errors.ts';
-import { scan, type Scanned } from '../json.ts';
+import { scan, stringValue, type Scanned } from '../json.ts';
 import type { Parts } from '../timing.ts';
 
 export interface Activation {
@@ -169,4 +171,35 @@ export function trim(bytes: Buffer): Buffer {
   while (start < end && isSpace(bytes[start])) start++;
   while (end > start && isSpace(bytes[end - 1])) end--;
   return bytes.subarray(start, end);
+}
+
+/** Why a process can't be started that is the proxy's or the system's shortage, not the action's fault. */
+const EXHAUSTED = new Set(['EMFILE', 'ENFILE', 'EAGAIN', 'ENOMEM']);
+
+/**
+ * Why `exec` could not be started: a 503 to try again when something ran out, else the original's 502
+ * with the cause in the logs (an empty file, a missing interpreter).
+ */
+export function startFailure(error: unknown, logs: Logs): ProxyError {
+  const code = (error as NodeJS.ErrnoException).code;
+  if (code !== undefined && EXHAUSTED.has(code)) {
+    return new ProxyError(503, `The proxy could not start the action (${code}). Try again.`, { cause: error });
+  }
+  logs.stdout.write(`${(error as Error).message}\n`);
+  return new ProxyError(502, MESSAGES.badResult);
+}
+
+/** How an action process is named in the logs: its activation's id when it has one, and its pid. */
+export function describeProcess(pid: number | undefined, fields?: Map<string, string>): string {
+  const id = fields?.get('activation_id');
+  return id?.startsWith('"') ? `activation ${stringValue(id)} (process ${pid})` : `process ${pid}`;
+}
+
+/** Kills a process and its process group; a group that is gone already is fine. */
+export function killGroup(child: ChildProcess): void {
+  try {
+    process.kill(-child.pid!, 'SIGKILL');
+  } catch {
+    child.kill('SIGKILL');
+  }
 }

@@ -13,8 +13,7 @@ import { MESSAGES, ProxyError } from '../errors.ts';
 import { verify } from '../install.ts';
 import { compact, scan } from '../json.ts';
 import { measure, type Parts } from '../timing.ts';
-import { MAX_LOG_LINE_BYTES, forwardLines, resultOf, resultTooLarge, type ActionResult, type Activation, type Executor, type Logs } from './executor.ts';
-import { describeProcess, killGroup, startFailure } from './process.ts';
+import { MAX_LOG_LINE_BYTES, describeProcess, forwardLines, killGroup, resultOf, resultTooLarge, startFailure, type ActionResult, type Activation, type Executor, type Logs } from './executor.ts';
 
 const NEWLINE = 0x0a;
 /** How long a process that is being stopped gets between SIGTERM and SIGKILL. */

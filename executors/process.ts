@@ -5,14 +5,10 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { MESSAGES, ProxyError } from '../errors.ts';
 import { verify } from '../install.ts';
-import { stringValue } from '../json.ts';
-import { MAX_LOG_LINE_BYTES, forwardLines, resultOf, trim, type ActionResult, type Activation, type Executor, type Logs } from './executor.ts';
+import { MAX_LOG_LINE_BYTES, describeProcess, forwardLines, killGroup, resultOf, startFailure, trim, type ActionResult, type Activation, type Executor, type Logs } from './executor.ts';
 
 // linux/binfmts.h MAX_ARG_STRLEN is 32 pages (131072 bytes) including the terminating NUL.
 const MAX_ARG_STRLEN = 131071;
-
-/** Why a process can't be started that is the proxy's or the system's shortage, not the action's fault. */
-const EXHAUSTED = new Set(['EMFILE', 'ENFILE', 'EAGAIN', 'ENOMEM']);
 
 export interface ProcessExecutorOptions {
   actionDir: string;
@@ -20,34 +16,6 @@ export interface ProcessExecutorOptions {
   /** Where the action's output goes; looked up at each activation. */
   logs: () => Logs;
   maxResultBytes: number;
-}
-
-/**
- * Why `exec` could not be started: a 503 to try again when something ran out, else the original's 502
- * with the cause in the logs (an empty file, a missing interpreter).
- */
-export function startFailure(error: unknown, logs: Logs): ProxyError {
-  const code = (error as NodeJS.ErrnoException).code;
-  if (code !== undefined && EXHAUSTED.has(code)) {
-    return new ProxyError(503, `The proxy could not start the action (${code}). Try again.`, { cause: error });
-  }
-  logs.stdout.write(`${(error as Error).message}\n`);
-  return new ProxyError(502, MESSAGES.badResult);
-}
-
-/** How an action process is named in the logs: its activation's id when it has one, and its pid. */
-export function describeProcess(pid: number | undefined, fields?: Map<string, string>): string {
-  const id = fields?.get('activation_id');
-  return id?.startsWith('"') ? `activation ${stringValue(id)} (process ${pid})` : `process ${pid}`;
-}
-
-/** Kills a process and its process group; a group that is gone already is fine. */
-export function killGroup(child: ChildProcess): void {
-  try {
-    process.kill(-child.pid!, 'SIGKILL');
-  } catch {
-    child.kill('SIGKILL');
-  }
 }
 
 export class ProcessExecutor implements Executor {
