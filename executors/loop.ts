@@ -52,6 +52,8 @@ interface LoopProcess {
   flushLogs(): void;
   /** Reads what the kernel still holds in its stdout and stderr pipes into the logs. */
   drainPipes(): void;
+  /** A log pipe was paused (the proxy's own log was full) since its activation began. */
+  backedUp: boolean;
   name: string;
 }
 
@@ -149,6 +151,7 @@ export class LoopExecutor implements Executor {
           throw new ProxyError(502, EXITED);
         });
       };
+      process.backedUp = false;
       process.child.stdin!.write(message, (error) => {
         if (!error || !process.waiter) return;
         // It had closed its input before the message: nothing of this activation reached it.
@@ -167,14 +170,16 @@ export class LoopExecutor implements Executor {
   }
 
   /**
-   * Resolves once everything the process wrote to stdout and stderr before now is in the logs: first what
-   * its streams hold (a paused stream, when the proxy's own log is full, holds data back), then what the
-   * kernel still holds in the pipes, read directly until they are empty. Its answer on fd 3 came after
-   * its logs, so its logs are all in by then, however much they were.
+   * Resolves once everything the process wrote to stdout and stderr before now is in the logs. Its
+   * answer on fd 3 came after its logs, so when the answer was read the logs were in the pipes, and
+   * libuv reads every ready pipe in the same turn: one turn is enough while the pipes flow. When one was
+   * paused (the proxy's own log was full), data waits in the stream or in the kernel: then wait until
+   * the streams hold nothing and read the kernel pipes dry.
    */
   private async settle(process: LoopProcess): Promise<void> {
     const pipes = [process.child.stdout as Readable, process.child.stderr as Readable];
     await new Promise((resolve) => setImmediate(resolve));
+    if (!process.backedUp) return;
     for (;;) {
       const holding = pipes.filter((pipe) => !pipe.destroyed && (pipe.isPaused() || pipe.readableLength > 0));
       if (holding.length === 0) break;
@@ -189,6 +194,7 @@ export class LoopExecutor implements Executor {
       });
     }
     process.drainPipes();
+    process.backedUp = pipes.some((pipe) => pipe.isPaused());
   }
 
   /** Stops a process: its stdin closed, SIGTERM to its group, SIGKILL after a second. */
@@ -232,6 +238,11 @@ export class LoopExecutor implements Executor {
 
       const stdoutLines = forwardLines(child.stdout!, logs.stdout, false, MAX_LOG_LINE_BYTES);
       const stderrLines = forwardLines(child.stderr!, logs.stderr, false, MAX_LOG_LINE_BYTES);
+      const backedUp = (): void => {
+        process.backedUp = true;
+      };
+      child.stdout!.on('pause', backedUp);
+      child.stderr!.on('pause', backedUp);
       const process: LoopProcess = {
         child,
         generation,
@@ -239,6 +250,7 @@ export class LoopExecutor implements Executor {
         onGone: undefined,
         gone: false,
         stopping: false,
+        backedUp: false,
         name: describeProcess(child.pid),
         flushLogs() {
           for (const [rest, log] of [[stdoutLines.rest(), logs.stdout], [stderrLines.rest(), logs.stderr]] as const) {
