@@ -129,6 +129,7 @@ describe('the protocol', { concurrency: true }, () => {
       const second = await proxy.post('/run', { value: {} });
       assert.equal(second.status, 200);
       assert.notEqual((second.json() as { pid: number }).pid, first.pid);
+      await proxy.sentinels(2); // the exit was logged before the second activation began
       assert.match(proxy.stderr.text, /exited with code 0 while idle/);
     }));
 
@@ -197,10 +198,11 @@ describe('init', { concurrency: true }, () => {
         ['#!/bin/bash\nexit 4\n', /The action did not start: The action process \d+ exited with code 4/],
         ['#!/bin/bash\nsleep 30\n', /no ack on fd 3 within 1 s \(PROXY_ACK_TIMEOUT_SECONDS\)/],
       ] as const;
-      for (const [code, cause] of failures) {
+      for (const [index, [code, cause]] of failures.entries()) {
         const res = await initScript(proxy, code);
         assert.equal(res.status, 502);
         assert.deepEqual(res.json(), INIT_FAILED);
+        await proxy.sentinels(2 + index); // the cause is written before them
         assert.match(proxy.stderr.text, cause);
       }
       const later = (await proxy.post('/run', { value: {} })).json() as { pid: number; n: number };
@@ -225,6 +227,7 @@ describe('init', { concurrency: true }, () => {
         writeFileSync(join(folder, 'exec.env'), 'openwhisk/action-python-v3.9\n');
         const mismatch = await proxy.post('/init', { value: { binary: true, code: zipBase64(folder) } });
         assert.equal(mismatch.status, 502);
+        await proxy.sentinels(1);
         assert.match(proxy.stderr.text, /exec\.env is "openwhisk\/action-python-v3\.9"; OW_EXECUTION_ENV is "openwhisk\/action-python-v3\.11"/);
         writeFileSync(join(folder, 'exec.env'), ' openwhisk/action-python-v3.11\n');
         assert.equal((await proxy.post('/init', { value: { binary: true, code: zipBase64(folder) } })).status, 200);
@@ -251,15 +254,18 @@ printf '#!/bin/bash\\n%s\\n' "$body" > "$out/exec"; chmod +x "$out/exec"
           assert.equal(built.status, 200, proxy.stderr.text);
           const expected = mode === 'loop' ? { built: '' } : { built: true };
           assert.deepEqual((await proxy.post('/run', { value: {} })).json(), expected);
+          await proxy.sentinels(1);
           assert.match(proxy.stdout.text, /compiling hello from exec/);
           const failed = await proxy.post('/init', { value: { code: 'FAIL' } });
           assert.equal(failed.status, 502);
+          await proxy.sentinels(2);
           assert.match(proxy.stderr.text, /syntax error\n.*the compiler \(OW_COMPILER=.*\) exited with code 7/s);
           assert.deepEqual((await proxy.post('/run', { value: {} })).json(), expected, 'the previous action');
           // A script that is a program already is not compiled.
           const script = mode === 'loop' ? '#!/bin/bash\nwhile read -r l; do echo \'{"script":1}\' >&3; done\n' : '#!/bin/sh\necho \'{"script":1}\'\n';
           assert.equal((await proxy.post('/init', { value: { code: script } })).status, 200);
           assert.deepEqual((await proxy.post('/run', { value: {} })).json(), { script: 1 });
+          await proxy.sentinels(4);
           assert.equal(proxy.stdout.text.match(/compiling/g)?.length, 2);
         });
       }));
