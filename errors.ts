@@ -8,6 +8,7 @@ export const MESSAGES = {
   noBinary: 'The action failed to locate a binary. See logs for details.',
   badArguments: 'The action did not receive a dictionary or array as an argument.',
   badResult: 'The action did not return a dictionary or array.',
+  exited: 'The action exited before returning a result. See logs for details.',
 } as const;
 
 /**
@@ -24,8 +25,4 @@ export class ProxyError extends Error {
     this.name = 'ProxyError';
     this.status = status;
   }
-}
-
-export function isObject(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
 }

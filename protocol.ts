@@ -151,7 +151,7 @@ export function readBody(req: IncomingMessage): Promise<Buffer> {
 }
 
 /** A request body as text: it must be UTF-8 (RFC 8259 says JSON is), else a 400. */
-export function bodyText(body: Buffer): string {
+function bodyText(body: Buffer): string {
   // An ASCII body (base64 code is) decodes faster as latin1, to the same string.
   if (isAscii(body)) return body.toString('latin1');
   if (!isUtf8(body)) throw new ProxyError(400, 'The request body is not valid UTF-8.');

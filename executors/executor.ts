@@ -157,8 +157,13 @@ export function resultOf(line: Buffer | undefined, logs: Logs, maxResultBytes: n
     // Say why a result that looks like JSON isn't (too deep, cut off); plain text needs no explaining.
     if (/^[[{]/.test(text)) logs.stderr.write(`The action's result is not valid JSON: ${(error as Error).message}\n`);
   }
-  logs.stdout.write(Buffer.concat([candidate, Buffer.from('\n')]));
+  writeLine(logs.stdout, candidate);
   throw new ProxyError(502, MESSAGES.badResult);
+}
+
+/** Writes `bytes` to a log as a line of its own: ended with a newline unless it ends with one. */
+export function writeLine(log: Writable, bytes: Buffer): void {
+  log.write(bytes[bytes.length - 1] === NEWLINE ? bytes : Buffer.concat([bytes, Buffer.from('\n')]));
 }
 
 function isSpace(byte: number | undefined): boolean {
@@ -195,11 +200,11 @@ export function describeProcess(pid: number | undefined, fields?: Map<string, st
   return id?.startsWith('"') ? `activation ${stringValue(id)} (process ${pid})` : `process ${pid}`;
 }
 
-/** Kills a process and its process group; a group that is gone already is fine. */
-export function killGroup(child: ChildProcess): void {
+/** Signals a process and its process group (SIGKILL unless told); a group that is gone already is fine. */
+export function killGroup(child: ChildProcess, signal: NodeJS.Signals = 'SIGKILL'): void {
   try {
-    process.kill(-child.pid!, 'SIGKILL');
+    process.kill(-child.pid!, signal);
   } catch {
-    child.kill('SIGKILL');
+    child.kill(signal);
   }
 }

@@ -13,15 +13,13 @@ import { MESSAGES, ProxyError } from '../errors.ts';
 import { verify } from '../install.ts';
 import { compact, scan } from '../json.ts';
 import { measure, type Parts } from '../timing.ts';
-import { MAX_LOG_LINE_BYTES, describeProcess, forwardLines, killGroup, resultOf, resultTooLarge, startFailure, type ActionResult, type Activation, type Executor, type Logs } from './executor.ts';
+import { MAX_LOG_LINE_BYTES, describeProcess, forwardLines, killGroup, resultOf, resultTooLarge, startFailure, writeLine, type ActionResult, type Activation, type Executor, type Logs } from './executor.ts';
 
 const NEWLINE = 0x0a;
 /** How long a process that is being stopped gets between SIGTERM and SIGKILL. */
 const STOP_GRACE_MS = 1_000;
 /** fd 3 usually closes because the process is exiting: how long its exit gets to be reported as such. */
 const FD3_CLOSED_GRACE_MS = 100;
-
-export const EXITED = 'The action exited before returning a result. See logs for details.';
 
 export interface LoopExecutorOptions {
   actionDir: string;
@@ -122,8 +120,7 @@ export class LoopExecutor implements Executor {
     const logs = this.options.logs();
     return new Promise((resolve, reject) => {
       const finish = (outcome: () => ActionResult): void => {
-        process.waiter = undefined;
-        process.onGone = undefined;
+        stopWaiting(process);
         // Everything the action wrote before its answer is still being read: wait for quiet pipes.
         void this.settle(process).then(() => {
           process.flushLogs();
@@ -148,15 +145,14 @@ export class LoopExecutor implements Executor {
       process.onGone = (why) => {
         logs.stderr.write(`${why}\n`);
         finish(() => {
-          throw new ProxyError(502, EXITED);
+          throw new ProxyError(502, MESSAGES.exited);
         });
       };
       process.backedUp = false;
       process.child.stdin!.write(message, (error) => {
         if (!error || !process.waiter) return;
         // It had closed its input before the message: nothing of this activation reached it.
-        process.waiter = undefined;
-        process.onGone = undefined;
+        stopWaiting(process);
         this.terminate(process);
         reject(UNDELIVERED);
       });
@@ -203,11 +199,7 @@ export class LoopExecutor implements Executor {
     if (process.gone || process.stopping) return;
     process.stopping = true;
     process.child.stdin?.end();
-    try {
-      globalThis.process.kill(-process.child.pid!, 'SIGTERM');
-    } catch {
-      // gone already
-    }
+    killGroup(process.child, 'SIGTERM');
     setTimeout(() => process.gone || killGroup(process.child), STOP_GRACE_MS).unref();
   }
 
@@ -254,7 +246,7 @@ export class LoopExecutor implements Executor {
         name: describeProcess(child.pid),
         flushLogs() {
           for (const [rest, log] of [[stdoutLines.rest(), logs.stdout], [stderrLines.rest(), logs.stderr]] as const) {
-            if (rest?.length) log.write(rest[rest.length - 1] === NEWLINE ? rest : Buffer.concat([rest, Buffer.from('\n')]));
+            if (rest?.length) writeLine(log, rest);
           }
         },
         drainPipes() {
@@ -267,7 +259,7 @@ export class LoopExecutor implements Executor {
         line: (line) => {
           if (process.waiter) return process.waiter(line);
           // A stray answer, with no activation to answer: it goes to the logs.
-          if (line !== undefined) logs.stdout.write(Buffer.concat([line, Buffer.from('\n')]));
+          if (line !== undefined) writeLine(logs.stdout, line);
         },
         // Without fd 3 it can answer nothing more: a partial line is its last answer; it is stopped.
         closed: (partial) => {
@@ -300,8 +292,7 @@ export class LoopExecutor implements Executor {
       const timer = setTimeout(() => fail(`no ack on fd 3 within ${ackTimeoutMs / 1000} s (PROXY_ACK_TIMEOUT_SECONDS)`), ackTimeoutMs);
       const fail = (why: string): void => {
         clearTimeout(timer);
-        process.waiter = undefined;
-        process.onGone = undefined;
+        stopWaiting(process);
         this.terminate(process);
         reject(new Error(`The action did not start: ${why}.`));
       };
@@ -316,12 +307,17 @@ export class LoopExecutor implements Executor {
         }
         if (!ok) return fail(`its ack was ${JSON.stringify(text.slice(0, 200))}, not {"ok": true}`);
         clearTimeout(timer);
-        process.waiter = undefined;
-        process.onGone = undefined;
+        stopWaiting(process);
         resolve(process);
       };
     });
   }
+}
+
+/** No one waits for the process's next fd-3 line or its exit any more. */
+function stopWaiting(process: LoopProcess): void {
+  process.waiter = undefined;
+  process.onGone = undefined;
 }
 
 /** Most reads of one pipe when draining it: an action that never stops writing can't hold its answer back. */

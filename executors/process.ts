@@ -5,7 +5,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { MESSAGES, ProxyError } from '../errors.ts';
 import { verify } from '../install.ts';
-import { MAX_LOG_LINE_BYTES, describeProcess, forwardLines, killGroup, resultOf, startFailure, trim, type ActionResult, type Activation, type Executor, type Logs } from './executor.ts';
+import { MAX_LOG_LINE_BYTES, describeProcess, forwardLines, killGroup, resultOf, startFailure, trim, writeLine, type ActionResult, type Activation, type Executor, type Logs } from './executor.ts';
 
 // linux/binfmts.h MAX_ARG_STRLEN is 32 pages (131072 bytes) including the terminating NUL.
 const MAX_ARG_STRLEN = 131071;
@@ -90,7 +90,7 @@ export class ProcessExecutor implements Executor {
           const line = lastLine.rest();
           if (signal !== null) {
             // Whatever it printed last is not a result (an OOM kill must not return a stale one): a log line.
-            if (line?.length) logs.stdout.write(Buffer.concat([trim(line), Buffer.from('\n')]));
+            if (line?.length) writeLine(logs.stdout, trim(line));
             logs.stderr.write(`The action was terminated by signal ${signal}.\n`);
             throw new ProxyError(502, `The action was terminated by signal ${signal}. See logs for details.`);
           }

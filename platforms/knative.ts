@@ -63,7 +63,7 @@ export async function prepare(env: NodeJS.ProcessEnv = process.env): Promise<voi
   state.dedicated = true;
   state.raw = isTrue(env.__OW_ACTION_RAW);
   const value = { code: env.__OW_ACTION_CODE, binary: isTrue(env.__OW_ACTION_BINARY), main: env.__OW_ACTION_MAIN ?? null };
-  const outcome = await init(async () => new Map(Object.entries(value).map(([name, item]) => [name, member(name, JSON.stringify(item))])));
+  const outcome = await init(async () => new Map(Object.entries(value).map(([name, item]) => [name, field(name, item)])));
   // The cause is already on stderr; exiting makes Kubernetes show the failure.
   if (!outcome.ok) throw new Error(`The action in __OW_ACTION_CODE failed to initialize: ${outcome.error}`);
 }
@@ -214,7 +214,7 @@ function envelopeMessage(envelope: Map<string, Member>, request: WebRequest): Ru
   if (state.raw) {
     const kind = kindOf(value);
     const rawBody = kind === 'string' ? stringValue(value) : kind === 'null' ? '' : Buffer.from(compact(value)).toString('base64');
-    return { args: objectText([...requestFields, member('__ow_body', JSON.stringify(rawBody)), member('__ow_query', JSON.stringify(request.query))]), fields };
+    return { args: rawArguments(requestFields, rawBody, request.query), fields };
   }
   if (kindOf(value) !== 'object') throw new ProxyError(400, NOT_A_DICTIONARY);
   return { args: objectText(merge(membersOf(value).values(), requestFields)), fields };
@@ -227,10 +227,20 @@ function webMessage(request: WebRequest, json: Scanned | undefined): RunMessage 
   if (state.raw) {
     const text = body.length > 0 && isText(body, contentType) && !isJsonType(contentType);
     const rawBody = text ? body.toString('utf8') : body.toString('base64');
-    return { args: objectText([...requestFields, member('__ow_body', JSON.stringify(rawBody)), member('__ow_query', JSON.stringify(request.query))]), fields };
+    return { args: rawArguments(requestFields, rawBody, request.query), fields };
   }
-  const query = [...new URLSearchParams(request.query)].map(([name, value]) => member(name, JSON.stringify(value)));
+  const query = [...new URLSearchParams(request.query)].map(([name, value]) => field(name, value));
   return { args: objectText(merge(query, bodyArguments(request, json), requestFields)), fields };
+}
+
+/** A member holding `value`, a value the proxy made itself (a string, a header map), as JSON. */
+function field(name: string, value: unknown): Member {
+  return member(name, JSON.stringify(value));
+}
+
+/** Raw mode's arguments: the request fields there are, the body and the query string as they came. */
+function rawArguments(requestFields: Member[], body: string, query: string): string {
+  return objectText([...requestFields, field('__ow_body', body), field('__ow_query', query)]);
 }
 
 /** Members in order, a later one replacing an earlier one of the same name in its place (as object spread does). */
@@ -243,10 +253,10 @@ function merge(...groups: Iterable<Member>[]): Iterable<Member> {
 /** The request fields every run with a request behind it gets. */
 function webFields(request: WebRequest, fields: Map<string, string>): Member[] {
   return [
-    member('__ow_method', JSON.stringify(request.web.__ow_method)),
-    member('__ow_headers', JSON.stringify(request.web.__ow_headers)),
-    member('__ow_path', JSON.stringify(request.web.__ow_path)),
-    member('__ow_user', JSON.stringify(owUser(fields))),
+    field('__ow_method', request.web.__ow_method),
+    field('__ow_headers', request.web.__ow_headers),
+    field('__ow_path', request.web.__ow_path),
+    field('__ow_user', owUser(fields)),
   ];
 }
 
@@ -263,9 +273,9 @@ function bodyArguments(request: WebRequest, json: Scanned | undefined): Iterable
     if (countOf(body, 0x26 /* & */, MAX_FORM_FIELDS) >= MAX_FORM_FIELDS) {
       throw new ProxyError(413, `The form has more than ${MAX_FORM_FIELDS} fields.`);
     }
-    return [...new URLSearchParams(body.toString('utf8'))].map(([name, value]) => member(name, JSON.stringify(value)));
+    return [...new URLSearchParams(body.toString('utf8'))].map(([name, value]) => field(name, value));
   }
-  return [member('__ow_body', JSON.stringify(isText(body, contentType) ? body.toString('utf8') : body.toString('base64')))];
+  return [field('__ow_body', isText(body, contentType) ? body.toString('utf8') : body.toString('base64'))];
 }
 
 /** How often `byte` occurs in `body`, counting no further than `limit`. */
