@@ -6,7 +6,7 @@
 
 import { join, resolve } from 'node:path';
 import { MESSAGES, ProxyError } from './errors.ts';
-import type { ActionResult, Activation, Executor, Logs } from './executors/executor.ts';
+import type { ActionResult, Activation, Executor, ExecutorOptions, Logs } from './executors/executor.ts';
 import { LoopExecutor } from './executors/loop.ts';
 import { ProcessExecutor } from './executors/process.ts';
 import { install, verify, verifyOrThrow } from './install.ts';
@@ -92,7 +92,7 @@ export class ActionRunner {
     if (this.executionEnv) env.__OW_EXECUTION_ENV = this.executionEnv;
     this.initialEnv = env;
     this.baseEnv = env;
-    const common = { actionDir: this.actionDir, binary: this.binary, logs: () => this.logs, maxResultBytes: options.maxResultBytes ?? DEFAULT_MAX_RESULT_BYTES };
+    const common: ExecutorOptions = { actionDir: this.actionDir, binary: this.binary, logs: () => this.logs, maxResultBytes: options.maxResultBytes ?? DEFAULT_MAX_RESULT_BYTES };
     // The one place that chooses how activations run.
     this.executor = options.actionLoop ? new LoopExecutor({ ...common, env, ...options.actionLoop }) : new ProcessExecutor(common);
   }

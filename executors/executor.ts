@@ -59,6 +59,15 @@ export interface Logs {
   stderr: Writable;
 }
 
+/** What every executor is given: where the action is, where its output goes, how long a result may be. */
+export interface ExecutorOptions {
+  actionDir: string;
+  binary: string;
+  /** Where the action's output goes; looked up when needed (the proxy's own streams are created lazily). */
+  logs: () => Logs;
+  maxResultBytes: number;
+}
+
 /** Log lines up to this length are forwarded whole; longer ones in pieces, so memory doesn't follow them. */
 export const MAX_LOG_LINE_BYTES = 1024 * 1024;
 

@@ -13,7 +13,7 @@ import { MESSAGES, ProxyError } from '../errors.ts';
 import { verify } from '../install.ts';
 import { compact, scan } from '../json.ts';
 import { measure, type Parts } from '../timing.ts';
-import { MAX_LOG_LINE_BYTES, describeProcess, forwardLines, killGroup, resultOf, resultTooLarge, startFailure, writeLine, type ActionResult, type Activation, type Executor, type Logs } from './executor.ts';
+import { MAX_LOG_LINE_BYTES, describeProcess, forwardLines, killGroup, resultOf, resultTooLarge, startFailure, writeLine, type ActionResult, type Activation, type Executor, type ExecutorOptions } from './executor.ts';
 
 const NEWLINE = 0x0a;
 /** How long a process that is being stopped gets between SIGTERM and SIGKILL. */
@@ -21,11 +21,7 @@ const STOP_GRACE_MS = 1_000;
 /** fd 3 usually closes because the process is exiting: how long its exit gets to be reported as such. */
 const FD3_CLOSED_GRACE_MS = 100;
 
-export interface LoopExecutorOptions {
-  actionDir: string;
-  binary: string;
-  logs: () => Logs;
-  maxResultBytes: number;
+export interface LoopExecutorOptions extends ExecutorOptions {
   /** The environment processes get before any init: the proxy's own. */
   env: Record<string, string>;
   /** Wait for `{"ok": true}` on fd 3 after starting a process (OW_WAIT_FOR_ACK). */

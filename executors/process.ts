@@ -5,25 +5,17 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { MESSAGES, ProxyError } from '../errors.ts';
 import { verify } from '../install.ts';
-import { MAX_LOG_LINE_BYTES, describeProcess, forwardLines, killGroup, resultOf, startFailure, trim, writeLine, type ActionResult, type Activation, type Executor, type Logs } from './executor.ts';
+import { MAX_LOG_LINE_BYTES, describeProcess, forwardLines, killGroup, resultOf, startFailure, trim, writeLine, type ActionResult, type Activation, type Executor, type ExecutorOptions } from './executor.ts';
 
 // linux/binfmts.h MAX_ARG_STRLEN is 32 pages (131072 bytes) including the terminating NUL.
 const MAX_ARG_STRLEN = 131071;
 
-export interface ProcessExecutorOptions {
-  actionDir: string;
-  binary: string;
-  /** Where the action's output goes; looked up at each activation. */
-  logs: () => Logs;
-  maxResultBytes: number;
-}
-
 export class ProcessExecutor implements Executor {
-  private readonly options: ProcessExecutorOptions;
+  private readonly options: ExecutorOptions;
   /** The processes running now, with how to name them. */
   private readonly running = new Map<ChildProcess, string>();
 
-  constructor(options: ProcessExecutorOptions) {
+  constructor(options: ExecutorOptions) {
     this.options = options;
   }
 
