@@ -1,6 +1,8 @@
 // The vocabulary every layer speaks: the error that carries its HTTP status, and the fixed texts
 // clients see. It sits at the bottom of the import graph so that nothing has to import upward for it.
 
+import type { OutgoingHttpHeaders } from 'node:http';
+
 /** The fixed texts clients see; the specific cause goes to the logs. */
 export const MESSAGES = {
   reinit: 'Cannot initialize the action more than once.',
@@ -9,20 +11,26 @@ export const MESSAGES = {
   badArguments: 'The action did not receive a dictionary or array as an argument.',
   badResult: 'The action did not return a dictionary or array.',
   exited: 'The action exited before returning a result. See logs for details.',
+  notStarted: 'The action did not start. See logs for details.',
+  cancelled: 'The client closed the connection; the activation was stopped.',
+  shuttingDown: 'The proxy is shutting down. Try again.',
 } as const;
 
 /**
  * The status of a request whose client went away before it was answered (nginx's "client closed
- * request"). Nothing is sent and nothing is logged for it: there is no one to answer, and no activation ran.
+ * request"). Nothing is sent for it: there is no one to answer. Whether its activation ran (and so
+ * ends with sentinels) the message says: MESSAGES.cancelled when it did.
  */
 export const CLIENT_CLOSED = 499;
 
-/** An error that knows its HTTP status. Only the HTTP layer turns it into a response. */
+/** An error that knows its HTTP status (and any headers its answer needs). Only the HTTP layer turns it into a response. */
 export class ProxyError extends Error {
   readonly status: number;
-  constructor(status: number, message: string, options?: ErrorOptions) {
+  readonly headers: OutgoingHttpHeaders | undefined;
+  constructor(status: number, message: string, options?: ErrorOptions & { headers?: OutgoingHttpHeaders }) {
     super(message, options);
     this.name = 'ProxyError';
     this.status = status;
+    this.headers = options?.headers;
   }
 }

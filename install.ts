@@ -37,6 +37,11 @@ export interface InstallOptions {
    * process); throwing fails the install and puts the previous files back.
    */
   activate?: () => Promise<void>;
+  /**
+   * Called once the new files are in the action directory, before they are built, verified and started:
+   * from here until install() settles they are not committed, and must not be run.
+   */
+  swapped?: () => void;
   /** Where the install's steps add their durations (Server-Timing): extract, build, swap. */
   parts?: Parts;
 }
@@ -74,6 +79,7 @@ export async function install(actionDir: string, action: ActionCode, options: In
     throw error;
   }
   const swap = await measure(options.parts, 'swap', () => swapIn(actionDir, staging));
+  options.swapped?.();
   try {
     if (options.build) await measure(options.parts, 'build', options.build);
     // Without a build step an archive must bring its own `exec` (else the stub would quietly stay).

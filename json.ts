@@ -59,12 +59,12 @@ interface Cursor {
  * deep, and returns it with its kind and, for an object, its members. Throws a SyntaxError naming the
  * position otherwise. Linear in the text; allocates only the member table.
  */
-export function scan(text: string): Scanned {
+export function scan(text: string, maxMembers = Infinity): Scanned {
   const cursor: Cursor = { text, at: 0 };
   skipSpace(cursor);
   const start = cursor.at;
   const members = text.charCodeAt(start) === OPEN_BRACE ? new Map<string, Member>() : undefined;
-  value(cursor, 0, members);
+  value(cursor, 0, members, maxMembers);
   const end = cursor.at;
   skipSpace(cursor);
   if (cursor.at < text.length) throw unexpected(cursor);
@@ -77,7 +77,7 @@ export function scan(text: string): Scanned {
  * of base64 code is not read twice) and counts brackets. Any other text ends in a SyntaxError, never
  * a loop.
  */
-export function membersOf(text: string): Map<string, Member> {
+export function membersOf(text: string, maxMembers = Infinity): Map<string, Member> {
   if (text.charCodeAt(0) !== OPEN_BRACE) throw new SyntaxError('expected a JSON object');
   const members = new Map<string, Member>();
   let at = skipSpaceFrom(text, 1);
@@ -90,6 +90,7 @@ export function membersOf(text: string): Map<string, Member> {
     const valueStart = at;
     at = endOfValue(text, at);
     members.set(stringValue(key), { key, value: text.slice(valueStart, at), at: valueStart });
+    if (members.size > maxMembers) throw new TooManyMembers(maxMembers);
     at = skipSpaceFrom(text, at);
     const code = text.charCodeAt(at);
     if (code === CLOSE_BRACE) return members;
@@ -190,10 +191,10 @@ export function compact(text: string): string {
   return parts.join('');
 }
 
-function value(cursor: Cursor, depth: number, members?: Map<string, Member>): void {
+function value(cursor: Cursor, depth: number, members?: Map<string, Member>, maxMembers = Infinity): void {
   switch (cursor.text.charCodeAt(cursor.at)) {
     case OPEN_BRACE:
-      return object(cursor, depth + 1, members);
+      return object(cursor, depth + 1, members, maxMembers);
     case OPEN_BRACKET:
       return array(cursor, depth + 1);
     case QUOTE:
@@ -209,7 +210,7 @@ function value(cursor: Cursor, depth: number, members?: Map<string, Member>): vo
   }
 }
 
-function object(cursor: Cursor, depth: number, members: Map<string, Member> | undefined): void {
+function object(cursor: Cursor, depth: number, members: Map<string, Member> | undefined, maxMembers: number): void {
   if (depth > MAX_DEPTH) throw tooDeep(cursor);
   const { text } = cursor;
   const start = cursor.at;
@@ -226,6 +227,8 @@ function object(cursor: Cursor, depth: number, members: Map<string, Member> | un
     if (members) {
       const key = text.slice(keyStart, keyEnd);
       members.set(stringValue(key), { key, value: text.slice(valueStart, cursor.at), at: valueStart - start });
+      // Decided here, not after: millions of members would cost seconds and a gigabyte to collect.
+      if (members.size > maxMembers) throw new TooManyMembers(maxMembers);
     }
   });
 }
@@ -314,6 +317,14 @@ const TOO_DEEP = `nested deeper than ${MAX_DEPTH} levels`;
 
 function tooDeep(cursor: Cursor): SyntaxError {
   return new SyntaxError(`${TOO_DEEP} (at position ${cursor.at})`);
+}
+
+/** An object with more distinct members than its reader accepts (scan() and membersOf() with a limit). */
+export class TooManyMembers extends RangeError {
+  constructor(limit: number) {
+    super(`more than ${limit} members`);
+    this.name = 'TooManyMembers';
+  }
 }
 
 /** Whether scan() refused a text for its nesting, not its syntax. */

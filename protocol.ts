@@ -6,7 +6,7 @@
 import { isAscii, isUtf8 } from 'node:buffer';
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import { CLIENT_CLOSED, MESSAGES, ProxyError } from './errors.ts';
-import { isTooDeep, membersOf, scan, type Member, type Scanned } from './json.ts';
+import { TooManyMembers, isTooDeep, membersOf, scan, type Member, type Scanned } from './json.ts';
 import type { ActionResult } from './executors/executor.ts';
 import type { ActionRunner, RunMessage } from './runner.ts';
 import { serverTiming, type Timing } from './timing.ts';
@@ -45,6 +45,8 @@ export interface Failure {
   ok: false;
   status: number;
   error: string;
+  /** Headers the answer needs (a 503's Retry-After). */
+  headers?: OutgoingHttpHeaders;
 }
 export type InitOutcome = { ok: true } | Failure;
 export type RunOutcome = { ok: true; result: ActionResult } | Failure;
@@ -58,7 +60,7 @@ function writeSentinels(): void {
 export function failure(error: unknown): Failure {
   if (error instanceof ProxyError) {
     if (error.cause instanceof Error && error.status !== CLIENT_CLOSED) process.stderr.write(`${error.cause.message}\n`);
-    return { ok: false, status: error.status, error: error.message };
+    return { ok: false, status: error.status, error: error.message, headers: error.headers };
   }
   const message = error instanceof Error ? error.message : String(error);
   process.stderr.write(`${error instanceof Error && error.stack ? error.stack : message}\n`);
@@ -89,20 +91,54 @@ export function init(read: () => Promise<Map<string, Member>>, timing?: Timing):
   return outcome;
 }
 
+/** A request's claim on an activation slot, and the signal that its client went away. */
+export interface Admission {
+  /** Aborts when the client closes the connection before its answer was sent. */
+  signal: AbortSignal;
+  /** Gives the slot back; later calls do nothing. */
+  release(): void;
+}
+
 /**
- * Runs one activation of what `read` produces. Ends with the sentinels, before the answer, unless the
- * client went away before the activation could start.
+ * Admits a request that will run an activation: waits for a slot (PROXY_MAX_ACTIVATIONS) before its
+ * body is read, so that requests waiting in line hold no bodies. A client that closes the connection
+ * leaves the line, or frees its slot at once when it was running (the runner stops the activation).
+ * Throws the 503 of a full line, or CLIENT_CLOSED.
  */
-export async function run(read: () => Promise<RunMessage>, timing?: Timing): Promise<RunOutcome> {
+export async function admit(res: ServerResponse): Promise<Admission> {
+  const cancel = new AbortController();
+  res.once('close', () => {
+    if (!res.writableFinished) cancel.abort();
+  });
+  const release = await runner.admit(cancel.signal);
+  cancel.signal.addEventListener('abort', release, { once: true });
+  return { signal: cancel.signal, release };
+}
+
+/**
+ * Runs one activation of what `read` produces, in the slot `admission` holds (given back at the end).
+ * Ends with the sentinels, before the answer, unless nothing ran (the request was refused, or the
+ * client went away before the activation could start).
+ */
+export async function run(read: () => Promise<RunMessage>, admission: Admission, timing?: Timing): Promise<RunOutcome> {
   let outcome: RunOutcome;
   try {
     const message = await read();
-    outcome = { ok: true, result: await runner.run(message, timing?.parts) };
+    outcome = { ok: true, result: await runner.run(message, timing?.parts, admission.signal) };
   } catch (error) {
     outcome = failure(error);
+  } finally {
+    admission.release();
   }
-  if (outcome.ok || outcome.status !== CLIENT_CLOSED) writeSentinels();
+  if (outcome.ok || outcome.status !== CLIENT_CLOSED || outcome.error === MESSAGES.cancelled) writeSentinels();
   return outcome;
+}
+
+/** The most activation fields a /run may carry: each becomes an environment variable or a message member. */
+export const MAX_ACTIVATION_FIELDS = 1000;
+
+function tooManyFields(): ProxyError {
+  return new ProxyError(413, `The activation has more than ${MAX_ACTIVATION_FIELDS} fields.`);
 }
 
 /**
@@ -114,11 +150,16 @@ export function activationFields(message: Map<string, Member>): Map<string, stri
   const nested = message.get('activation')?.value;
   if (nested === undefined) {
     for (const [name, member] of message) if (name !== 'value') fields.set(name, member.value);
+    if (fields.size > MAX_ACTIVATION_FIELDS) throw tooManyFields();
     return fields;
   }
   if (nested === 'null') return fields;
   if (!nested.startsWith('{')) throw new ProxyError(400, 'The activation fields must be a JSON object.');
-  for (const [name, member] of membersOf(nested)) fields.set(name, member.value);
+  try {
+    for (const [name, member] of membersOf(nested, MAX_ACTIVATION_FIELDS)) fields.set(name, member.value);
+  } catch (error) {
+    throw error instanceof TooManyMembers ? tooManyFields() : error;
+  }
   return fields;
 }
 
@@ -160,14 +201,17 @@ function bodyText(body: Buffer): string {
 
 /**
  * A JSON request body, scanned (json.ts): an empty body is `undefined`; invalid JSON, or JSON nested
- * deeper than the limit, a 400. Nothing is parsed into values: the texts are passed on as sent.
+ * deeper than the limit, a 400. Nothing is parsed into values: the texts are passed on as sent. A run
+ * message's top-level members are activation fields, counted as they are scanned.
  */
-export function readJson(body: Buffer): Scanned | undefined {
+export function readJson(body: Buffer, runMessage = false): Scanned | undefined {
   if (body.length === 0) return undefined;
   const text = bodyText(body);
   try {
-    return scan(text);
+    // The fields and `value`.
+    return scan(text, runMessage ? MAX_ACTIVATION_FIELDS + 1 : Infinity);
   } catch (error) {
+    if (error instanceof TooManyMembers) throw tooManyFields();
     const reason = (error as Error).message;
     throw new ProxyError(400, isTooDeep(error) ? `The request body is ${reason}.` : `The request body is not valid JSON: ${reason}.`, { cause: error });
   }
@@ -190,6 +234,6 @@ export function sendJson(res: ServerResponse, status: number, json: string | Buf
 }
 
 export function sendError(res: ServerResponse, status: number, error: string, headers: OutgoingHttpHeaders = {}): void {
-  if (status === CLIENT_CLOSED) return; // no one to answer
+  if (status === CLIENT_CLOSED || res.destroyed) return; // no one to answer
   sendJson(res, status, JSON.stringify({ error }), headers);
 }

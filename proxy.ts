@@ -10,7 +10,8 @@ import { isatty } from 'node:tty';
 import { fileURLToPath } from 'node:url';
 import { closeConnections, failure, sendError, use } from './protocol.ts';
 import { listening } from './timing.ts';
-import { ActionRunner, DEFAULT_MAX_RESULT_BYTES } from './runner.ts';
+import { ActionRunner, DEFAULT_MAX_RESULT_BYTES, DEFAULT_MAX_WAITING } from './runner.ts';
+import { MESSAGES, ProxyError } from './errors.ts';
 import type { ZipLimits } from './zip.ts';
 
 // What a runtime built on the proxy needs, from one module (the bundle the image ships is one file).
@@ -32,6 +33,8 @@ export interface ProxyConfig {
   maxBodyBytes: number;
   /** Most activations running at once; 0 for no limit. */
   maxActivations: number;
+  /** Most requests waiting for a slot when there is a limit; one more is a 503. */
+  maxWaiting: number;
   /** The longest result line an action may print; a longer one is a 502. */
   maxResultBytes: number;
   /** How long running activations may go on after SIGTERM. */
@@ -41,6 +44,8 @@ export interface ProxyConfig {
   /** Action-loop mode: wait for the action's `{"ok": true}` on fd 3 after starting it (OW_WAIT_FOR_ACK). */
   ack: boolean;
   ackTimeoutMs: number;
+  /** Action-loop mode: how long a process beyond the first may stay idle; 0 keeps every process. */
+  loopIdleMs: number;
   /** OW_COMPILER: compiles an init's files when `exec` is not a program already. */
   compiler: string | undefined;
   /** OW_EXECUTION_ENV: what the action's `exec.env` must hold. */
@@ -71,11 +76,13 @@ export function configFromEnv(env: NodeJS.ProcessEnv = process.env): ProxyConfig
     maxBodyBytes: integer(env, 'PROXY_MAX_BODY_BYTES', 128 * MiB, 1, Number.MAX_SAFE_INTEGER),
     // A public Knative endpoint must not let one burst of requests start thousands of processes.
     maxActivations: integer(env, 'PROXY_MAX_ACTIVATIONS', platform === 'knative' ? 64 : 0, 0, 1_000_000),
+    maxWaiting: integer(env, 'PROXY_MAX_WAITING', DEFAULT_MAX_WAITING, 0, 1_000_000),
     maxResultBytes: integer(env, 'PROXY_MAX_RESULT_BYTES', DEFAULT_MAX_RESULT_BYTES, 1, Number.MAX_SAFE_INTEGER),
     shutdownGraceMs: 1000 * integer(env, 'PROXY_SHUTDOWN_GRACE_SECONDS', 30, 0, 86_400),
     actionLoop: integer(env, 'PROXY_ACTION_LOOP', 0, 0, 1) === 1,
     ack: Boolean(env.OW_WAIT_FOR_ACK),
     ackTimeoutMs: 1000 * integer(env, 'PROXY_ACK_TIMEOUT_SECONDS', 30, 0, 86_400),
+    loopIdleMs: 1000 * integer(env, 'PROXY_LOOP_IDLE_SECONDS', 10, 0, 86_400),
     compiler: env.OW_COMPILER || undefined,
     executionEnv: env.OW_EXECUTION_ENV || undefined,
     serverTiming: env.PROXY_SERVER_TIMING ? integer(env, 'PROXY_SERVER_TIMING', 0, 0, 1) === 1 : undefined,
@@ -171,8 +178,9 @@ export async function start(options: StartOptions = {}): Promise<Server> {
       actionDir: config.actionDir,
       zipLimits: config.zipLimits,
       maxActivations: config.maxActivations,
+      maxWaiting: config.maxWaiting,
       maxResultBytes: config.maxResultBytes,
-      actionLoop: config.actionLoop ? { ack: config.ack, ackTimeoutMs: config.ackTimeoutMs } : undefined,
+      actionLoop: config.actionLoop ? { ack: config.ack, ackTimeoutMs: config.ackTimeoutMs, idleMs: config.loopIdleMs } : undefined,
       compiler: config.compiler,
       executionEnv: config.executionEnv,
     });
@@ -182,13 +190,26 @@ export async function start(options: StartOptions = {}): Promise<Server> {
   const platform = await loadPlatform(config.platform);
   await platform.prepare?.();
 
+  // The requests being handled, for shutdown: it waits for them, not for connections.
+  const handling = new Map<IncomingMessage, ServerResponse>();
+  const sockets = new Set<Socket>();
+  let onIdle: (() => void) | undefined;
   const server = createServer((req, res) => {
     owe(req.socket, res);
+    handling.set(req, res);
+    res.once('close', () => {
+      handling.delete(req);
+      if (handling.size === 0) onIdle?.();
+    });
     platform.handle(req, res).catch((error: unknown) => {
       const result = failure(error);
       if (!res.headersSent) sendError(res, result.status, result.error);
       else res.destroy();
     });
+  });
+  server.on('connection', (socket: Socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
   });
   // A client that is slow or silent may not hold a connection forever; a long /run response may.
   server.headersTimeout = 60_000;
@@ -200,24 +221,44 @@ export async function start(options: StartOptions = {}): Promise<Server> {
     sendError(res, 417, `The proxy does not support "Expect: ${req.headers.expect}"; only 100-continue.`);
   });
 
+  // SIGTERM: running activations get the grace, with or without their clients; everything else (idle
+  // connections, requests not yet whole, requests waiting for a slot) ends at once. The proxy exits as
+  // soon as nothing runs and every process it started has ended: 0, or 1 when it had to kill.
   let shuttingDown = false;
   const stop = (): void => {
     if (shuttingDown) return;
     shuttingDown = true;
-    closeConnections();
+    const deadline = Date.now() + config.shutdownGraceMs;
     let exitCode = 0;
-    // Once every connection is closed (running activations answered), the idle action processes go too.
-    server.close(() => {
-      void runner.stop(config.shutdownGraceMs).finally(() => process.exit(exitCode));
+    closeConnections();
+    server.close();
+    runner.refuseWaiting(new ProxyError(503, MESSAGES.shuttingDown));
+    let finishing = false;
+    const finish = (): void => {
+      if (finishing) return;
+      finishing = true;
+      onIdle = undefined;
+      void runner.stop(Math.max(0, deadline - Date.now())).then((killed) => process.exit(killed ? 1 : exitCode));
+    };
+    // After the refusals above are written: a request still being received is not an activation yet.
+    setImmediate(() => {
+      const keep = new Set<Socket>();
+      for (const [req, res] of handling) if (req.complete || res.headersSent) keep.add(req.socket);
+      for (const socket of sockets) if (!keep.has(socket)) socket.destroy();
+      if (handling.size === 0) finish();
+      else onIdle = finish;
     });
-    server.closeIdleConnections();
     // Activations that outlive the grace period are killed, so none outlives the proxy; their clients
     // get the signal's 502 if they are still there, and the exit code says work was cut off.
     setTimeout(() => {
       const killed = runner.kill();
       for (const name of killed) process.stderr.write(`The shutdown grace of ${config.shutdownGraceMs / 1000} s ran out: killed the ${name}.\n`);
-      exitCode = killed.length > 0 ? 1 : 0;
-      setTimeout(() => process.exit(exitCode), 1_000).unref();
+      if (killed.length > 0) exitCode = 1;
+      // A client that never reads its answer can't hold the exit.
+      setTimeout(() => {
+        for (const socket of sockets) socket.destroy();
+        finish();
+      }, 1_000).unref();
     }, config.shutdownGraceMs).unref();
   };
   process.on('SIGTERM', stop);

@@ -5,7 +5,7 @@
 // extend this class or pass options to it; see "Extending the runner" in the README.
 
 import { join, resolve } from 'node:path';
-import { MESSAGES, ProxyError } from './errors.ts';
+import { CLIENT_CLOSED, MESSAGES, ProxyError } from './errors.ts';
 import type { ActionResult, Activation, Executor, ExecutorOptions, Logs } from './executors/executor.ts';
 import { LoopExecutor } from './executors/loop.ts';
 import { ProcessExecutor } from './executors/process.ts';
@@ -23,6 +23,8 @@ export interface RunnerOptions {
   zipLimits?: Partial<ZipLimits>;
   /** Most activations running at once; the rest wait in arrival order. 0 or absent: no limit. */
   maxActivations?: number;
+  /** Most activations waiting for a slot; one more is a 503. Default 1,000. */
+  maxWaiting?: number;
   /** The longest result line held; a longer one is a 502. Default 64 MiB. */
   maxResultBytes?: number;
   /** Where the action's output goes. Default: the proxy's stdout and stderr. */
@@ -31,7 +33,7 @@ export interface RunnerOptions {
    * Action-loop mode (PROXY_ACTION_LOOP=1): long-lived processes that take one activation per line,
    * acked on fd 3 first when `ack` (OW_WAIT_FOR_ACK). Absent: a process per activation.
    */
-  actionLoop?: { ack: boolean; ackTimeoutMs: number };
+  actionLoop?: { ack: boolean; ackTimeoutMs: number; idleMs?: number };
   /** OW_COMPILER: compiles an init's files when `exec` is not a program already. */
   compiler?: string;
   /** OW_EXECUTION_ENV: what the action's `exec.env` must hold; the action processes and the compiler get it too. */
@@ -58,6 +60,7 @@ export interface RunMessage {
 }
 
 export const DEFAULT_MAX_RESULT_BYTES = 64 * 1024 * 1024;
+export const DEFAULT_MAX_WAITING = 1000;
 
 export class ActionRunner {
   readonly actionDir: string;
@@ -69,8 +72,17 @@ export class ActionRunner {
   protected baseEnv: Record<string, string>;
   private readonly initialEnv: Record<string, string>;
   private readonly maxActivations: number;
+  private readonly maxWaiting: number;
   private running = 0;
-  private readonly waiting: Array<() => void> = [];
+  /** Activations waiting for a slot, in arrival order. */
+  private readonly waiting: Waiter[] = [];
+  /** Refusing to queue, and why (shutdown). */
+  private refusal: ProxyError | undefined;
+  /**
+   * Set while an init's new files are in place but not committed (its build, its process's ack):
+   * starting a process from them now could run code the init goes on to reject.
+   */
+  private uncommitted: Promise<void> | undefined;
   private readonly executor: Executor;
   private readonly compiler: string | undefined;
   private readonly executionEnv: string | undefined;
@@ -83,6 +95,7 @@ export class ActionRunner {
     // A limit given as undefined means the default, not "no limit".
     this.zipLimits = Object.fromEntries(Object.entries(options.zipLimits ?? {}).filter(([, limit]) => limit !== undefined));
     this.maxActivations = options.maxActivations ?? 0;
+    this.maxWaiting = options.maxWaiting ?? DEFAULT_MAX_WAITING;
     this.compiler = options.compiler || undefined;
     this.executionEnv = options.executionEnv || undefined;
     const env: Record<string, string> = {};
@@ -92,7 +105,13 @@ export class ActionRunner {
     if (this.executionEnv) env.__OW_EXECUTION_ENV = this.executionEnv;
     this.initialEnv = env;
     this.baseEnv = env;
-    const common: ExecutorOptions = { actionDir: this.actionDir, binary: this.binary, logs: () => this.logs, maxResultBytes: options.maxResultBytes ?? DEFAULT_MAX_RESULT_BYTES };
+    const common: ExecutorOptions = {
+      actionDir: this.actionDir,
+      binary: this.binary,
+      logs: () => this.logs,
+      maxResultBytes: options.maxResultBytes ?? DEFAULT_MAX_RESULT_BYTES,
+      uncommitted: () => this.uncommitted,
+    };
     // The one place that chooses how activations run.
     this.executor = options.actionLoop ? new LoopExecutor({ ...common, env, ...options.actionLoop }) : new ProcessExecutor(common);
   }
@@ -114,13 +133,20 @@ export class ActionRunner {
       const baseEnv = { ...this.initialEnv, ...value.env };
       const activate = (): Promise<void> => this.executor.start(baseEnv, parts);
       if (value.code !== undefined) {
+        let commit = (): void => {};
         await install(this.actionDir, { code: value.code, binary: value.binary }, {
+          swapped: () => {
+            this.uncommitted = new Promise((resolve) => (commit = resolve));
+          },
           zipLimits: this.zipLimits,
           build: this.build === ActionRunner.prototype.build ? undefined : () => this.build(value),
           compiler: this.compiler === undefined ? undefined : { command: this.compiler, main: value.main ?? 'main', env: baseEnv, logs: this.logs },
           executionEnv: this.executionEnv,
           activate,
           parts,
+        }).finally(() => {
+          this.uncommitted = undefined;
+          commit();
         });
       } else {
         verifyOrThrow(this.binary);
@@ -161,15 +187,71 @@ export class ActionRunner {
     return () => ({ ...base, ...own });
   }
 
-  /** Runs one activation; resolves with its result or rejects with a ProxyError. */
-  async run(message: RunMessage, parts?: Parts): Promise<ActionResult> {
-    const activation: Activation = { ...message, env: this.activationEnv(message.fields) };
-    await this.acquire();
-    try {
-      return await measure(parts, 'action', () => this.executor.run(activation));
-    } finally {
-      this.release();
+  /**
+   * Waits for an activation slot (PROXY_MAX_ACTIVATIONS); resolves with its release, which may be
+   * called more than once. An abort of `signal` while waiting leaves the line (CLIENT_CLOSED); a full
+   * line (PROXY_MAX_WAITING) is a 503 at once.
+   */
+  admit(signal?: AbortSignal): Promise<() => void> {
+    if (this.maxActivations <= 0 || this.running < this.maxActivations) {
+      this.running++;
+      return Promise.resolve(this.releaser());
     }
+    if (this.refusal) return Promise.reject(this.refusal);
+    if (this.waiting.length >= this.maxWaiting) {
+      return Promise.reject(
+        new ProxyError(503, `The proxy is at its limit of ${this.maxWaiting} waiting requests (PROXY_MAX_WAITING). Try again.`, {
+          // Its body is not read: the connection can't carry another request.
+          headers: { 'Retry-After': '1', Connection: 'close' },
+        }),
+      );
+    }
+    return new Promise((resolve, reject) => {
+      const waiter: Waiter = {
+        grant(release) {
+          signal?.removeEventListener('abort', leave);
+          resolve(release);
+        },
+        refuse(error) {
+          signal?.removeEventListener('abort', leave);
+          reject(error);
+        },
+      };
+      const leave = (): void => {
+        const at = this.waiting.indexOf(waiter);
+        if (at !== -1) this.waiting.splice(at, 1);
+        reject(new ProxyError(CLIENT_CLOSED, 'The client closed the connection while its activation waited for a slot.'));
+      };
+      signal?.addEventListener('abort', leave, { once: true });
+      this.waiting.push(waiter);
+    });
+  }
+
+  /** A slot's release: the slot passes straight to the next in line, once. */
+  private releaser(): () => void {
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const next = this.waiting.shift();
+      if (next) next.grant(this.releaser());
+      else this.running--;
+    };
+  }
+
+  /** Shutdown: those waiting for a slot are answered `error`, and no one waits any more. */
+  refuseWaiting(error: ProxyError): void {
+    this.refusal = error;
+    for (const waiter of this.waiting.splice(0)) waiter.refuse(error);
+  }
+
+  /**
+   * Runs one activation in a slot the caller holds (admit()); resolves with its result or rejects with
+   * a ProxyError. An abort of `signal` stops it (CLIENT_CLOSED with MESSAGES.cancelled).
+   */
+  async run(message: RunMessage, parts?: Parts, signal?: AbortSignal): Promise<ActionResult> {
+    const activation: Activation = { ...message, env: this.activationEnv(message.fields) };
+    return measure(parts, 'action', () => this.executor.run(activation, signal));
   }
 
   /** Kills the activations still running (shutdown ran out of time); returns a line naming each. */
@@ -177,24 +259,19 @@ export class ActionRunner {
     return this.executor.kill();
   }
 
-  /** Ends idle action processes at shutdown. */
-  stop(graceMs: number): Promise<void> {
+  /**
+   * Ends every action process at shutdown: idle ones are asked to exit and get `graceMs`; what is left
+   * then, and what is left in their process groups, is killed. Resolves with whether anything had to be.
+   */
+  stop(graceMs: number): Promise<boolean> {
     return this.executor.stop(graceMs);
   }
+}
 
-  private acquire(): Promise<void> {
-    if (this.maxActivations <= 0 || this.running < this.maxActivations) {
-      this.running++;
-      return Promise.resolve();
-    }
-    return new Promise((resolve) => this.waiting.push(resolve));
-  }
-
-  private release(): void {
-    const next = this.waiting.shift();
-    if (next) next(); // the slot passes straight to the next in line
-    else this.running--;
-  }
+/** An activation waiting for a slot. */
+interface Waiter {
+  grant(release: () => void): void;
+  refuse(error: ProxyError): void;
 }
 
 /** Reads an init value's members; throws what is wrong with them. `null` means absent throughout. */

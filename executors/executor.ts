@@ -8,7 +8,6 @@
 // start, name and kill action processes the same way.
 
 import { isAscii } from 'node:buffer';
-import type { ChildProcess } from 'node:child_process';
 import type { Readable, Writable } from 'node:stream';
 import { MESSAGES, ProxyError } from '../errors.ts';
 import { scan, stringValue, type Scanned } from '../json.ts';
@@ -45,12 +44,20 @@ export interface Executor {
    * brings. What it takes is added to `parts` as `start` (Server-Timing) when there is anything to start.
    */
   start(env: Record<string, string>, parts?: Parts): Promise<void>;
-  /** Runs one activation; resolves with its result, an object or array, or rejects with a ProxyError. */
-  run(activation: Activation): Promise<ActionResult>;
+  /**
+   * Runs one activation; resolves with its result, an object or array, or rejects with a ProxyError.
+   * When `signal` aborts (its client went away) the activation's process is killed with its group, its
+   * logs are forwarded and it rejects with CLIENT_CLOSED and MESSAGES.cancelled.
+   */
+  run(activation: Activation, signal?: AbortSignal): Promise<ActionResult>;
   /** Kills every action process that is running an activation, each with its process group; returns a line for each. */
   kill(): string[];
-  /** Ends idle action processes at shutdown, within `graceMs`. */
-  stop(graceMs: number): Promise<void>;
+  /**
+   * Shutdown, once no activation runs: ends every process the executor started and anything left in
+   * their process groups, giving idle ones `graceMs` to exit on their own. Resolves with whether any
+   * had to be killed.
+   */
+  stop(graceMs: number): Promise<boolean>;
 }
 
 /** Where an action's output goes. */
@@ -66,6 +73,11 @@ export interface ExecutorOptions {
   /** Where the action's output goes; looked up when needed (the proxy's own streams are created lazily). */
   logs: () => Logs;
   maxResultBytes: number;
+  /**
+   * While an init's new files are in place and not yet committed: settles when the init ends. No new
+   * process may start before (it would run code the init may still reject).
+   */
+  uncommitted: () => Promise<void> | undefined;
 }
 
 /** Log lines up to this length are forwarded whole; longer ones in pieces, so memory doesn't follow them. */
@@ -81,16 +93,20 @@ export function resultTooLarge(limit: number): string {
 export interface LineForwarder {
   /**
    * What is held back: with `holdLast`, the last line (the result candidate, only known once the pipe
-   * ends), else an unfinished line; `undefined` when that was a last line longer than the limit.
+   * ends), else an unfinished line; `undefined` when that was a last line longer than the limit (it is
+   * in the log already, ended there, so that what follows starts a line of its own).
    */
   rest(): Buffer | undefined;
+  /** Writes what is held back to the log as a line of its own, ended: nothing may glue onto it. */
+  flush(): void;
   /** Forwards bytes read from the pipe other than through its stream, in order after what that gave. */
   feed(chunk: Buffer): void;
 }
 
 /**
  * Forwards complete lines from an action's pipe to a log as they arrive. A line is held up to `maxHeld`
- * bytes; a longer one is forwarded in pieces as it comes. A full log pauses the pipe.
+ * bytes; a longer one is forwarded in pieces as it comes. While the log is backed up (its reader is
+ * slow or stalled) the pipe is not read: the action waits, and the proxy holds no more than a chunk.
  */
 export function forwardLines(from: Readable, to: Writable, holdLast: boolean, maxHeld: number): LineForwarder {
   let held: Buffer[] = [];
@@ -98,19 +114,25 @@ export function forwardLines(from: Readable, to: Writable, holdLast: boolean, ma
   let heldEndsLine = false;
   // The current line's start has been forwarded: it can't be held whole any more.
   let spilled = false;
+  // Whether what was last written to the log ended a line.
+  let endedLine = true;
   // Parts are written one by one, never concatenated: a long line costs no copy.
   const emit = (parts: Buffer[]): void => {
-    let full = false;
-    for (const part of parts) full = !to.write(part) || full;
-    if (full) {
-      from.pause();
-      to.once('drain', () => from.resume());
+    for (const part of parts) {
+      if (part.length === 0) continue;
+      to.write(part);
+      endedLine = part[part.length - 1] === NEWLINE;
     }
   };
   const hold = (parts: Buffer[]): void => {
     held = parts;
     heldBytes = 0;
     for (const part of parts) heldBytes += part.length;
+  };
+  // A spilled line's pieces are in the log without their end: end it there.
+  const endSpilled = (): void => {
+    if (spilled && !endedLine) to.write('\n');
+    spilled = false;
   };
   const feed = (chunk: Buffer): void => {
     // With holdLast, a newline that ends the chunk may end the output: it does not release the line.
@@ -137,15 +159,29 @@ export function forwardLines(from: Readable, to: Writable, holdLast: boolean, ma
       hold([]);
       spilled = true;
     }
+    // Checked whether or not this chunk was written: a held line waits for the log like any other.
+    if (to.writableNeedDrain && !from.isPaused()) {
+      from.pause();
+      to.once('drain', () => from.resume());
+    }
   };
   from.on('data', feed);
   return {
     feed,
     rest() {
-      if (spilled && holdLast) return undefined;
+      if (spilled && holdLast) {
+        endSpilled();
+        return undefined;
+      }
       const rest = held.length === 1 ? held[0]! : Buffer.concat(held, heldBytes);
       hold([]);
       return rest;
+    },
+    flush() {
+      const rest = held.length === 1 ? held[0]! : Buffer.concat(held, heldBytes);
+      hold([]);
+      if (rest.length > 0) writeLine(to, rest);
+      else endSpilled();
     },
   };
 }
@@ -196,6 +232,9 @@ const EXHAUSTED = new Set(['EMFILE', 'ENFILE', 'EAGAIN', 'ENOMEM']);
  */
 export function startFailure(error: unknown, logs: Logs): ProxyError {
   const code = (error as NodeJS.ErrnoException).code;
+  if (code === 'E2BIG') {
+    return new ProxyError(413, 'The activation is too large to pass to the action in its arguments and environment (E2BIG).', { cause: error });
+  }
   if (code !== undefined && EXHAUSTED.has(code)) {
     return new ProxyError(503, `The proxy could not start the action (${code}). Try again.`, { cause: error });
   }
@@ -209,11 +248,24 @@ export function describeProcess(pid: number | undefined, fields?: Map<string, st
   return id?.startsWith('"') ? `activation ${stringValue(id)} (process ${pid})` : `process ${pid}`;
 }
 
-/** Signals a process and its process group (SIGKILL unless told); a group that is gone already is fine. */
-export function killGroup(child: ChildProcess, signal: NodeJS.Signals = 'SIGKILL'): void {
+/**
+ * Signals a process group (SIGKILL unless told): an action process leads its own (it is started
+ * detached), so this reaches whatever it started too. A group that is gone already is fine.
+ */
+export function killGroup(group: number, signal: NodeJS.Signals = 'SIGKILL'): void {
   try {
-    process.kill(-child.pid!, signal);
+    process.kill(-group, signal);
   } catch {
-    child.kill(signal);
+    // ESRCH: nothing left in it
+  }
+}
+
+/** Whether anything is still running in a process group. */
+export function groupAlive(group: number): boolean {
+  try {
+    process.kill(-group, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
   }
 }

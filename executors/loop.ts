@@ -9,7 +9,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readSync } from 'node:fs';
 import type { Readable } from 'node:stream';
-import { MESSAGES, ProxyError } from '../errors.ts';
+import { CLIENT_CLOSED, MESSAGES, ProxyError } from '../errors.ts';
 import { verify } from '../install.ts';
 import { compact, scan } from '../json.ts';
 import { measure, type Parts } from '../timing.ts';
@@ -27,6 +27,8 @@ export interface LoopExecutorOptions extends ExecutorOptions {
   /** Wait for `{"ok": true}` on fd 3 after starting a process (OW_WAIT_FOR_ACK). */
   ack: boolean;
   ackTimeoutMs: number;
+  /** How long a process beyond the first may stay idle before it is stopped (PROXY_LOOP_IDLE_SECONDS); 0: forever. */
+  idleMs?: number;
 }
 
 /** One long-lived action process. */
@@ -48,6 +50,12 @@ interface LoopProcess {
   drainPipes(): void;
   /** A log pipe was paused (the proxy's own log was full) since its activation began. */
   backedUp: boolean;
+  /** Its activation's client went away: it is being killed, and its exit ends that activation. */
+  cancelled: boolean;
+  /** When it last went back to the pool (Date.now()). */
+  idleSince: number;
+  /** Takes an unfinished fd-3 line it wrote while it had no activation: stray text, not an answer. */
+  takeStray(): Buffer;
   name: string;
 }
 
@@ -58,8 +66,10 @@ export class LoopExecutor implements Executor {
   private readonly options: LoopExecutorOptions;
   private env: Record<string, string>;
   private generation = 0;
+  /** Idle processes, the longest idle first. */
   private readonly idle: LoopProcess[] = [];
   private readonly processes = new Set<LoopProcess>();
+  private sweeper: NodeJS.Timeout | undefined;
 
   constructor(options: LoopExecutorOptions) {
     this.options = options;
@@ -78,44 +88,85 @@ export class LoopExecutor implements Executor {
     this.release(started);
   }
 
-  async run(activation: Activation): Promise<ActionResult> {
+  async run(activation: Activation, signal?: AbortSignal): Promise<ActionResult> {
     const message = messageLine(activation);
     for (let attempt = 0; ; attempt++) {
-      const process = this.idle.pop() ?? (await this.launch(this.env, this.generation));
+      const process = await this.take();
       try {
-        return await this.exchange(process, message);
+        return await this.exchange(process, message, signal);
       } catch (error) {
         if (error !== UNDELIVERED || attempt > 0) throw error;
       }
     }
   }
 
+  /**
+   * An idle process, or a new one of the committed action. While an init's files are in place and not
+   * committed, a new one waits for the init to end: it would run code the init may still reject.
+   */
+  private async take(): Promise<LoopProcess> {
+    for (;;) {
+      const idle = this.idle.pop();
+      if (idle) return idle;
+      const uncommitted = this.options.uncommitted();
+      if (!uncommitted) break;
+      await uncommitted;
+    }
+    try {
+      return await this.launch(this.env, this.generation);
+    } catch (error) {
+      if (error instanceof ProxyError) throw error;
+      // Why it did not come up (its ack, its exit) is for the logs; the client gets the fixed text.
+      throw new ProxyError(502, MESSAGES.notStarted, { cause: error });
+    }
+  }
+
   kill(): string[] {
     const busy = [...this.processes].filter((process) => process.waiter);
-    for (const process of busy) killGroup(process.child);
+    for (const process of busy) killGroup(process.child.pid!);
     return busy.map((process) => process.name);
   }
 
   /** Shutdown: closes every process's stdin, gives them `graceMs` to exit, then kills what is left. */
-  async stop(graceMs: number): Promise<void> {
+  async stop(graceMs: number): Promise<boolean> {
+    clearTimeout(this.sweeper);
     const left = [...this.processes];
     for (const process of left) {
       process.stopping = true;
       process.child.stdin?.end();
     }
-    const exited = Promise.all(left.map((process) => new Promise((resolve) => (process.gone ? resolve(undefined) : process.child.once('exit', resolve)))));
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([exited, new Promise((resolve) => (timer = setTimeout(resolve, graceMs)))]);
-    clearTimeout(timer);
-    for (const process of left) if (!process.gone) killGroup(process.child);
+    const exits = left.map((process) => new Promise((resolve) => (process.gone ? resolve(undefined) : process.child.once('exit', resolve))));
+    const waitForExits = (ms: number): Promise<unknown> => {
+      let timer: NodeJS.Timeout | undefined;
+      return Promise.race([Promise.all(exits), new Promise((resolve) => (timer = setTimeout(resolve, ms)))]).finally(() => clearTimeout(timer));
+    };
+    await waitForExits(graceMs);
+    const stubborn = left.filter((process) => !process.gone);
+    for (const process of stubborn) killGroup(process.child.pid!);
+    // Only once they are gone does the proxy exit.
+    if (stubborn.length > 0) await waitForExits(STOP_GRACE_MS);
+    return stubborn.length > 0;
   }
 
   /** Sends one message and waits for the answer line; the process goes back to the pool after. */
-  private exchange(process: LoopProcess, message: string): Promise<ActionResult> {
+  private exchange(process: LoopProcess, message: string, signal?: AbortSignal): Promise<ActionResult> {
     const { maxResultBytes } = this.options;
     const logs = this.options.logs();
+    // What it wrote on fd 3 since its last answer, without a newline, is not the start of this one.
+    const stray = process.takeStray();
+    if (stray.length > 0) writeLine(logs.stdout, stray);
     return new Promise((resolve, reject) => {
+      // A process can't be interrupted mid-activation: it is killed with its group and not reused.
+      const cancel = (): void => {
+        process.cancelled = true;
+        this.forget(process);
+        process.stopping = true;
+        process.child.stdin?.destroy();
+        killGroup(process.child.pid!);
+      };
+      signal?.addEventListener('abort', cancel, { once: true });
       const finish = (outcome: () => ActionResult): void => {
+        signal?.removeEventListener('abort', cancel);
         stopWaiting(process);
         // Everything the action wrote before its answer is still being read: wait for quiet pipes.
         void this.settle(process).then(() => {
@@ -139,8 +190,12 @@ export class LoopExecutor implements Executor {
         finish(() => resultOf(line, logs, maxResultBytes));
       };
       process.onGone = (why) => {
-        logs.stderr.write(`${why}\n`);
         finish(() => {
+          if (process.cancelled) {
+            logs.stderr.write(`${MESSAGES.cancelled}\n`);
+            throw new ProxyError(CLIENT_CLOSED, MESSAGES.cancelled);
+          }
+          logs.stderr.write(`${why}\n`);
           throw new ProxyError(502, MESSAGES.exited);
         });
       };
@@ -157,8 +212,24 @@ export class LoopExecutor implements Executor {
 
   /** Puts a process back in the pool, or stops it when a re-init has replaced its action since. */
   private release(process: LoopProcess): void {
-    if (process.generation < this.generation) this.terminate(process);
-    else this.idle.push(process);
+    if (process.generation < this.generation) return this.terminate(process);
+    process.idleSince = Date.now();
+    this.idle.push(process);
+    if (this.options.idleMs && this.processes.size > 1 && !this.sweeper) this.sweepAfter(this.options.idleMs);
+  }
+
+  /**
+   * The pool follows the load: after a burst, processes beyond the first that stayed idle for `idleMs`
+   * are stopped (the longest idle first; the most recently used are the ones taken next).
+   */
+  private sweepAfter(ms: number): void {
+    this.sweeper = setTimeout(() => {
+      this.sweeper = undefined;
+      const idleMs = this.options.idleMs!;
+      const now = Date.now();
+      while (this.idle.length > 0 && this.processes.size > 1 && now - this.idle[0]!.idleSince >= idleMs) this.terminate(this.idle[0]!);
+      if (this.idle.length > 0 && this.processes.size > 1) this.sweepAfter(Math.max(10, this.idle[0]!.idleSince + idleMs - now));
+    }, ms).unref();
   }
 
   /**
@@ -195,8 +266,8 @@ export class LoopExecutor implements Executor {
     if (process.gone || process.stopping) return;
     process.stopping = true;
     process.child.stdin?.end();
-    killGroup(process.child, 'SIGTERM');
-    setTimeout(() => process.gone || killGroup(process.child), STOP_GRACE_MS).unref();
+    killGroup(process.child.pid!, 'SIGTERM');
+    setTimeout(() => process.gone || killGroup(process.child.pid!), STOP_GRACE_MS).unref();
   }
 
   private forget(process: LoopProcess): void {
@@ -239,11 +310,13 @@ export class LoopExecutor implements Executor {
         gone: false,
         stopping: false,
         backedUp: false,
+        cancelled: false,
+        idleSince: 0,
+        takeStray: () => results.takePartial(),
         name: describeProcess(child.pid),
         flushLogs() {
-          for (const [rest, log] of [[stdoutLines.rest(), logs.stdout], [stderrLines.rest(), logs.stderr]] as const) {
-            if (rest?.length) writeLine(log, rest);
-          }
+          stdoutLines.flush();
+          stderrLines.flush();
         },
         drainPipes() {
           readDry(child.stdout as Readable, stdoutLines.feed);
@@ -251,7 +324,7 @@ export class LoopExecutor implements Executor {
         },
       };
       child.stdin!.on('error', () => {}); // EPIPE: reported to the write that failed
-      readResultLines(child.stdio[3] as Readable, maxResultBytes, {
+      const results = readResultLines(child.stdio[3] as Readable, maxResultBytes, {
         line: (line) => {
           if (process.waiter) return process.waiter(line);
           // A stray answer, with no activation to answer: it goes to the logs.
@@ -275,6 +348,8 @@ export class LoopExecutor implements Executor {
       child.on('exit', (code, signal) => {
         process.gone = true;
         this.forget(process);
+        // Its children go with it: a launcher that crashed must not leave its workers running.
+        killGroup(child.pid!);
         const how = signal !== null ? `was terminated by signal ${signal}` : `exited with code ${code}`;
         if (process.onGone) return process.onGone(`The action process ${child.pid} ${how}.`);
         process.flushLogs();
@@ -301,7 +376,7 @@ export class LoopExecutor implements Executor {
         } catch {
           // not JSON: refused below
         }
-        if (!ok) return fail(`its ack was ${JSON.stringify(text.slice(0, 200))}, not {"ok": true}`);
+        if (!ok) return fail(line === undefined ? 'its ack was longer than PROXY_MAX_RESULT_BYTES' : `its ack was ${JSON.stringify(text.slice(0, 200))}, not {"ok": true}`);
         clearTimeout(timer);
         stopWaiting(process);
         resolve(process);
@@ -345,7 +420,7 @@ function readDry(pipe: Readable, forward: (chunk: Buffer) => void): void {
  * Reads fd 3 as lines, each handed to `on.line` (`undefined` for a line longer than `maxBytes`, as soon
  * as it is); when fd 3 closes, `on.closed` gets the unfinished line.
  */
-function readResultLines(pipe: Readable, maxBytes: number, on: { line(line: Buffer | undefined): void; closed(partial: Buffer): void }): void {
+function readResultLines(pipe: Readable, maxBytes: number, on: { line(line: Buffer | undefined): void; closed(partial: Buffer): void }): { takePartial(): Buffer } {
   let held: Buffer[] = [];
   let heldBytes = 0;
   // The current line grew past the limit and was answered for: the rest of it is dropped.
@@ -375,7 +450,18 @@ function readResultLines(pipe: Readable, maxBytes: number, on: { line(line: Buff
   });
   pipe.on('error', () => {});
   pipe.on('close', () => on.closed(tooLong ? Buffer.alloc(0) : Buffer.concat(held)));
+  return {
+    takePartial() {
+      const partial = held.length === 0 ? EMPTY : Buffer.concat(held, heldBytes);
+      held = [];
+      heldBytes = 0;
+      tooLong = false;
+      return partial;
+    },
+  };
 }
+
+const EMPTY = Buffer.alloc(0);
 
 /**
  * The line an activation is sent as: `{"value": <arguments>, <field>: <value>, …}`, each text as the

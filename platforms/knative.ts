@@ -12,7 +12,7 @@ import { isUtf8 } from 'node:buffer';
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import { ProxyError } from '../errors.ts';
 import { compact, isTooDeep, kindOf, member, membersOf, objectText, stringValue, type Member, type Scanned } from '../json.ts';
-import { activationFields, init, readBody, readJson, run, send, sendError, timingHeader } from '../protocol.ts';
+import { activationFields, admit, init, readBody, readJson, run, send, sendError, timingHeader, type Admission } from '../protocol.ts';
 import type { ActionResult } from '../executors/executor.ts';
 import type { RunMessage } from '../runner.ts';
 import { startTiming, type Timing } from '../timing.ts';
@@ -77,7 +77,7 @@ export async function handle(req: IncomingMessage, res: ServerResponse): Promise
     // What this platform answers carries the CORS headers, errors included; anything unexpected is
     // proxy.ts's 500.
     if (!(error instanceof ProxyError)) throw error;
-    sendError(res, error.status, error.message, { ...cors, ...timingHeader(timing) });
+    sendError(res, error.status, error.message, { ...error.headers, ...cors, ...timingHeader(timing) });
   }
 }
 
@@ -88,6 +88,17 @@ async function respond(req: IncomingMessage, res: ServerResponse, cors: Record<s
     const allow = [...state.allowed].join(', ');
     return sendError(res, 405, `This action answers ${allow}, not ${method} (__OW_HTTP_METHODS).`, { ...cors, Allow: allow });
   }
+  // A slot first, then the body: requests waiting in line hold no bodies.
+  const admission = await admit(res);
+  try {
+    await answer(req, res, cors, timing, admission);
+  } finally {
+    admission.release();
+  }
+}
+
+async function answer(req: IncomingMessage, res: ServerResponse, cors: Record<string, string>, timing: Timing, admission: Admission): Promise<void> {
+  const method = req.method ?? 'GET';
   const body = await readBody(req);
   // The path as sent, not normalised by URL parsing (`//a/../b` stays): it is the action's to read.
   const target = req.url ?? '/';
@@ -119,7 +130,7 @@ async function respond(req: IncomingMessage, res: ServerResponse, cors: Record<s
     if (!envelope!.has('activation') && !envelope!.has('value')) return send(res, 200, 'OK', { ...cors, ...timingHeader(timing), 'Content-Type': 'text/html; charset=utf-8' });
   }
 
-  const outcome = await run(async () => (envelope ? envelopeMessage(envelope, request) : webMessage(request, json)), timing);
+  const outcome = await run(async () => (envelope ? envelopeMessage(envelope, request) : webMessage(request, json)), admission, timing);
   if (!outcome.ok) throw new ProxyError(outcome.status, outcome.error);
   const response = webResponse(outcome.result);
   // The proxy's headers are defaults: what the action set wins (a Server-Timing of its own included).

@@ -1,9 +1,9 @@
 // OpenWhisk: the invoker's two routes, POST /init once and POST /run per activation.
 
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import { MESSAGES, ProxyError } from '../errors.ts';
 import { membersOf, type Member, type Scanned } from '../json.ts';
-import { activationFields, init, readBody, readJson, run, send, sendError, sendJson, timingHeader } from '../protocol.ts';
+import { activationFields, admit, failure, init, readBody, readJson, run, send, sendError, sendJson, timingHeader, type Failure } from '../protocol.ts';
 import type { RunMessage } from '../runner.ts';
 import { startTiming } from '../timing.ts';
 
@@ -19,12 +19,23 @@ export async function handle(req: IncomingMessage, res: ServerResponse): Promise
     const outcome = await init(async () => initValue(readJson(await readBody(req))), timing);
     // Text, as the original's Flask answered it.
     if (outcome.ok) return send(res, 200, 'OK', { 'Content-Type': 'text/html; charset=utf-8', ...timingHeader(timing) });
-    return sendError(res, outcome.status, outcome.error, timingHeader(timing));
+    return sendFailure(res, outcome, timingHeader(timing));
   }
-  const outcome = await run(async () => runMessage(readJson(await readBody(req))), timing);
+  let outcome;
+  try {
+    // A slot first, then the body: requests waiting in line hold no bodies.
+    const admission = await admit(res);
+    outcome = await run(async () => runMessage(readJson(await readBody(req), true)), admission, timing);
+  } catch (error) {
+    outcome = failure(error);
+  }
   // The result's own bytes: a large answer costs no further copy.
   if (outcome.ok) return sendJson(res, 200, outcome.result.bytes, timingHeader(timing));
-  return sendError(res, outcome.status, outcome.error, timingHeader(timing));
+  return sendFailure(res, outcome, timingHeader(timing));
+}
+
+function sendFailure(res: ServerResponse, outcome: Failure, headers: OutgoingHttpHeaders): void {
+  sendError(res, outcome.status, outcome.error, { ...outcome.headers, ...headers });
 }
 
 /** `{"value": {...}}`: an empty body or a missing value is `{}`; anything but objects (JSON `null` too) is a 404. */
