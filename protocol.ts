@@ -97,6 +97,10 @@ export interface Admission {
   signal: AbortSignal;
   /** Gives the slot back; later calls do nothing. */
   release(): void;
+  /** It waited in line, its body unread (so a client that left then could not be noticed). */
+  waited: boolean;
+  /** Whether the client has gone: closed, or ended its side of the connection (Node then aborts the request). */
+  gone(): boolean;
 }
 
 /**
@@ -110,9 +114,12 @@ export async function admit(res: ServerResponse): Promise<Admission> {
   res.once('close', () => {
     if (!res.writableFinished) cancel.abort();
   });
+  const waited = !runner.hasFreeSlot();
   const release = await runner.admit(cancel.signal);
   cancel.signal.addEventListener('abort', release, { once: true });
-  return { signal: cancel.signal, release };
+  const socket = res.socket;
+  const gone = (): boolean => cancel.signal.aborted || !socket || socket.destroyed || socket.readableEnded;
+  return { signal: cancel.signal, release, waited, gone };
 }
 
 /**
@@ -124,6 +131,11 @@ export async function run(read: () => Promise<RunMessage>, admission: Admission,
   let outcome: RunOutcome;
   try {
     const message = await read();
+    // A client that left while its unread request waited is noticed only once the request has been read
+    // up to its end. The end of its connection is in the kernel by then, and libuv reads it in the next
+    // poll phase: two check phases later it has been seen, and nothing runs for a client that is gone.
+    if (admission.waited) for (let turn = 0; turn < 2; turn++) await new Promise((resolve) => setImmediate(resolve));
+    if (admission.gone()) throw new ProxyError(CLIENT_CLOSED, 'The client closed the connection before its activation started.');
     outcome = { ok: true, result: await runner.run(message, timing?.parts, admission.signal) };
   } catch (error) {
     outcome = failure(error);
@@ -167,21 +179,26 @@ export function activationFields(message: Map<string, Member>): Map<string, stri
 export function readBody(req: IncomingMessage): Promise<Buffer> {
   const limit = settings.maxBodyBytes;
   const tooLarge = (): ProxyError => new ProxyError(413, `The request body is larger than the limit of ${limit} bytes (PROXY_MAX_BODY_BYTES).`);
-  if (Number(req.headers['content-length']) > limit) return Promise.reject(tooLarge());
+  const declared = Number(req.headers['content-length']);
+  if (declared > limit) return Promise.reject(tooLarge());
   return new Promise((resolve, reject) => {
+    // With a declared length the body is copied into place as it arrives: its chunks and a
+    // concatenated copy are never alive together (Node's parser holds the body to that length).
+    const whole = declared > 65536 ? Buffer.allocUnsafe(declared) : undefined;
     const chunks: Buffer[] = [];
     let length = 0;
     req.on('data', (chunk: Buffer) => {
-      length += chunk.length;
-      if (length > limit) {
+      if (length + chunk.length > limit) {
         req.removeAllListeners('data');
         req.resume();
         reject(tooLarge());
-      } else {
-        chunks.push(chunk);
+        return;
       }
+      if (whole) chunk.copy(whole, length);
+      else chunks.push(chunk);
+      length += chunk.length;
     });
-    req.on('end', () => resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, length)));
+    req.on('end', () => resolve(whole ? whole.subarray(0, length) : chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, length)));
     // A client that goes away mid-body: nothing to answer, nothing ran.
     const gone = (): void => reject(new ProxyError(CLIENT_CLOSED, 'The client closed the connection before sending the whole request.'));
     req.on('error', gone);
@@ -189,6 +206,17 @@ export function readBody(req: IncomingMessage): Promise<Buffer> {
       if (!req.complete) gone();
     });
   });
+}
+
+/**
+ * The bytes of a member of a scanned body, when the body is ASCII (its text's offsets are then byte
+ * offsets): large arguments are passed on as the bytes that arrived, without another copy.
+ */
+export function memberBytes(body: Buffer, member: Member): Buffer | undefined {
+  if (member.at < 0 || body.length < 65536 || !isAscii(body)) return undefined;
+  let start = 0;
+  while (body[start] === 0x20 || body[start] === 0x09 || body[start] === 0x0a || body[start] === 0x0d) start++;
+  return body.subarray(start + member.at, start + member.at + member.value.length);
 }
 
 /** A request body as text: it must be UTF-8 (RFC 8259 says JSON is), else a 400. */

@@ -56,6 +56,8 @@ export interface InitValue {
 /** One activation as a platform reads it: the arguments' JSON text and the activation fields' texts. */
 export interface RunMessage {
   args: string;
+  /** The arguments' bytes as they arrived, when the body was ASCII: passed on without another copy. */
+  argsBytes?: Buffer;
   fields: Map<string, string>;
 }
 
@@ -225,6 +227,11 @@ export class ActionRunner {
       signal?.addEventListener('abort', leave, { once: true });
       this.waiting.push(waiter);
     });
+  }
+
+  /** Whether an activation would start now, without waiting for a slot. */
+  hasFreeSlot(): boolean {
+    return this.maxActivations <= 0 || this.running < this.maxActivations;
   }
 
   /** A slot's release: the slot passes straight to the next in line, once. */

@@ -16,6 +16,8 @@ import type { Parts } from '../timing.ts';
 export interface Activation {
   /** The arguments' JSON text (an object or an array), as the client sent it. */
   args: string;
+  /** The same as bytes, when the request had them (an ASCII body): written to the action without another copy. */
+  argsBytes?: Buffer;
   /** The activation fields: name → JSON text as sent. */
   fields: Map<string, string>;
   /**
@@ -124,10 +126,21 @@ export function forwardLines(from: Readable, to: Writable, holdLast: boolean, ma
       endedLine = part[part.length - 1] === NEWLINE;
     }
   };
+  // Why the pipe is not being read: the log is backed up, or a long line waits for a place.
+  const blocked = { drain: false, place: false };
+  let holdsPlace = false;
+  const update = (): void => {
+    if (blocked.drain || blocked.place) from.pause();
+    else from.resume();
+  };
   const hold = (parts: Buffer[]): void => {
     held = parts;
     heldBytes = 0;
     for (const part of parts) heldBytes += part.length;
+    if (holdsPlace && heldBytes <= LONG_LINE_BYTES) {
+      holdsPlace = false;
+      leavePlace(to);
+    }
   };
   // A spilled line's pieces are in the log without their end: end it there.
   const endSpilled = (): void => {
@@ -160,17 +173,39 @@ export function forwardLines(from: Readable, to: Writable, holdLast: boolean, ma
       spilled = true;
     }
     // Checked whether or not this chunk was written: a held line waits for the log like any other.
-    if (to.writableNeedDrain && !from.isPaused()) {
-      from.pause();
-      to.once('drain', () => from.resume());
+    if (to.writableNeedDrain && !blocked.drain) {
+      blocked.drain = true;
+      afterDrain(to, () => {
+        blocked.drain = false;
+        update();
+      });
     }
+    // A long line held whole (it may be the result) is memory the log can't push back on: only a few
+    // at a time per log; the others wait, unread, for a place.
+    if (heldBytes > LONG_LINE_BYTES && !holdsPlace && !blocked.place) {
+      blocked.place = true;
+      takePlace(to, () => {
+        // A pipe that closed meanwhile (its activation was stopped) passes its place on.
+        if (from.destroyed) return leavePlace(to);
+        holdsPlace = true;
+        blocked.place = false;
+        update();
+      });
+    }
+    if (blocked.drain || blocked.place) from.pause();
   };
   from.on('data', feed);
+  from.once('close', () => {
+    if (!holdsPlace) return;
+    holdsPlace = false;
+    leavePlace(to);
+  });
   return {
     feed,
     rest() {
       if (spilled && holdLast) {
         endSpilled();
+        hold([]);
         return undefined;
       }
       const rest = held.length === 1 ? held[0]! : Buffer.concat(held, heldBytes);
@@ -178,12 +213,60 @@ export function forwardLines(from: Readable, to: Writable, holdLast: boolean, ma
       return rest;
     },
     flush() {
-      const rest = held.length === 1 ? held[0]! : Buffer.concat(held, heldBytes);
+      const rest = held.length === 0 ? Buffer.alloc(0) : held.length === 1 ? held[0]! : Buffer.concat(held, heldBytes);
       hold([]);
       if (rest.length > 0) writeLine(to, rest);
       else endSpilled();
     },
   };
+}
+
+/** Lines held longer than this need one of a log's few places for long lines. */
+const LONG_LINE_BYTES = 64 * 1024;
+const LONG_LINES_PER_LOG = 4;
+
+/** Per log: who waits for it to drain (one 'drain' listener, however many pipes), and its long-line places. */
+interface LogState {
+  drainWaiters: Array<() => void> | undefined;
+  places: number;
+  placeWaiters: Array<() => void>;
+}
+const logStates = new WeakMap<Writable, LogState>();
+
+function logState(log: Writable): LogState {
+  let state = logStates.get(log);
+  if (!state) logStates.set(log, (state = { drainWaiters: undefined, places: LONG_LINES_PER_LOG, placeWaiters: [] }));
+  return state;
+}
+
+function afterDrain(log: Writable, then: () => void): void {
+  const state = logState(log);
+  if (!state.drainWaiters) {
+    const waiters: Array<() => void> = [];
+    state.drainWaiters = waiters;
+    log.once('drain', () => {
+      state.drainWaiters = undefined;
+      for (const wake of waiters) wake();
+    });
+  }
+  state.drainWaiters.push(then);
+}
+
+function takePlace(log: Writable, granted: () => void): void {
+  const state = logState(log);
+  if (state.places > 0) {
+    state.places--;
+    granted();
+  } else {
+    state.placeWaiters.push(granted);
+  }
+}
+
+function leavePlace(log: Writable): void {
+  const state = logState(log);
+  const next = state.placeWaiters.shift();
+  if (next) next();
+  else state.places++;
 }
 
 /**

@@ -149,7 +149,7 @@ export class LoopExecutor implements Executor {
   }
 
   /** Sends one message and waits for the answer line; the process goes back to the pool after. */
-  private exchange(process: LoopProcess, message: string, signal?: AbortSignal): Promise<ActionResult> {
+  private exchange(process: LoopProcess, message: Buffer[], signal?: AbortSignal): Promise<ActionResult> {
     const { maxResultBytes } = this.options;
     const logs = this.options.logs();
     // What it wrote on fd 3 since its last answer, without a newline, is not the start of this one.
@@ -200,13 +200,18 @@ export class LoopExecutor implements Executor {
         });
       };
       process.backedUp = false;
-      process.child.stdin!.write(message, (error) => {
+      const stdin = process.child.stdin!;
+      // One writev for the parts: the arguments' bytes are not copied into a line of their own.
+      stdin.cork();
+      for (let i = 0; i < message.length - 1; i++) stdin.write(message[i]);
+      stdin.write(message[message.length - 1], (error) => {
         if (!error || !process.waiter) return;
         // It had closed its input before the message: nothing of this activation reached it.
         stopWaiting(process);
         this.terminate(process);
         reject(UNDELIVERED);
       });
+      stdin.uncork();
     });
   }
 
@@ -465,10 +470,16 @@ const EMPTY = Buffer.alloc(0);
 
 /**
  * The line an activation is sent as: `{"value": <arguments>, <field>: <value>, …}`, each text as the
- * client sent it with the whitespace between tokens taken out, so that it is one line.
+ * client sent it with the whitespace between tokens taken out, so that it is one line; in parts, so
+ * that arguments that arrived as bytes and need no compaction are sent as those bytes.
  */
-function messageLine(activation: Activation): string {
-  const parts = [`"value":${compact(activation.args)}`];
-  for (const [name, text] of activation.fields) if (name !== 'value') parts.push(`${JSON.stringify(name)}:${compact(text)}`);
-  return `{${parts.join(',')}}\n`;
+function messageLine(activation: Activation): Buffer[] {
+  const fields: string[] = [];
+  for (const [name, text] of activation.fields) if (name !== 'value') fields.push(`,${JSON.stringify(name)}:${compact(text)}`);
+  const end = Buffer.from(`${fields.join('')}}\n`);
+  const args = compact(activation.args);
+  if (args === activation.args && activation.argsBytes) return [VALUE_START, activation.argsBytes, end];
+  return [Buffer.from(`{"value":${args}`), end];
 }
+
+const VALUE_START = Buffer.from('{"value":');

@@ -106,7 +106,7 @@ export class ProcessExecutor implements Executor {
       this.running.set(child, describeProcess(pid, activation.fields));
       signal?.addEventListener('abort', cancel, { once: true });
       child.stdin!.on('error', () => {}); // EPIPE: an action need not read its input
-      child.stdin!.end(args);
+      child.stdin!.end(activation.argsBytes ?? args);
       const lastLine = forwardLines(child.stdout!, logs.stdout, true, maxResultBytes);
       const stderrLines = forwardLines(child.stderr!, logs.stderr, false, MAX_LOG_LINE_BYTES);
       child.on('exit', () => {

@@ -3,7 +3,7 @@
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import { MESSAGES, ProxyError } from '../errors.ts';
 import { membersOf, type Member, type Scanned } from '../json.ts';
-import { activationFields, admit, failure, init, readBody, readJson, run, send, sendError, sendJson, timingHeader, type Failure } from '../protocol.ts';
+import { activationFields, admit, failure, init, memberBytes, readBody, readJson, run, send, sendError, sendJson, timingHeader, type Failure } from '../protocol.ts';
 import type { RunMessage } from '../runner.ts';
 import { startTiming } from '../timing.ts';
 
@@ -25,7 +25,10 @@ export async function handle(req: IncomingMessage, res: ServerResponse): Promise
   try {
     // A slot first, then the body: requests waiting in line hold no bodies.
     const admission = await admit(res);
-    outcome = await run(async () => runMessage(readJson(await readBody(req), true)), admission, timing);
+    outcome = await run(async () => {
+      const body = await readBody(req);
+      return runMessage(readJson(body, true), body);
+    }, admission, timing);
   } catch (error) {
     outcome = failure(error);
   }
@@ -47,10 +50,11 @@ function initValue(body: Scanned | undefined): Map<string, Member> {
 }
 
 /** `{"value": args, ...activation fields}`: a missing body or value is `{}`; args are an object or array. */
-function runMessage(body: Scanned | undefined): RunMessage {
-  if (body === undefined) return { args: '{}', fields: new Map() };
-  if (!body.members) throw new ProxyError(404, MESSAGES.badArguments);
-  const args = body.members.get('value')?.value ?? '{}';
+function runMessage(json: Scanned | undefined, body: Buffer): RunMessage {
+  if (json === undefined) return { args: '{}', fields: new Map() };
+  if (!json.members) throw new ProxyError(404, MESSAGES.badArguments);
+  const value = json.members.get('value');
+  const args = value?.value ?? '{}';
   if (!args.startsWith('{') && !args.startsWith('[')) throw new ProxyError(404, MESSAGES.badArguments);
-  return { args, fields: activationFields(body.members) };
+  return { args, argsBytes: value && memberBytes(body, value), fields: activationFields(json.members) };
 }

@@ -37,6 +37,8 @@ export class Log {
   private waiters: Array<() => void> = [];
   /** Keep only a count of bytes and sentinels (for outputs too large to hold). */
   countOnly = false;
+  /** Starts reading a stream that was left unread (ProxyOptions.stalledStdout). */
+  resume = (): void => {};
 
   add(chunk: Buffer): void {
     this.bytes += chunk.length;
@@ -60,6 +62,18 @@ export class Log {
   get withoutSentinels(): string {
     return this.text.replaceAll(SENTINEL, '');
   }
+  /** Resolves once `text` has arrived; rejects after `ms`. */
+  async until(text: string, ms = 30_000): Promise<void> {
+    const deadline = Date.now() + ms;
+    while (!this.text.includes(text)) {
+      if (Date.now() > deadline) throw new Error(`expected ${JSON.stringify(text)}; log so far:\n${this.text.slice(-2000)}`);
+      await new Promise<void>((resolve) => {
+        this.waiters.push(resolve);
+        setTimeout(resolve, 50);
+      });
+    }
+  }
+
   /** Resolves once `n` sentinels have arrived; rejects after `ms`. */
   async untilSentinels(n: number, ms = 30_000): Promise<void> {
     const deadline = Date.now() + ms;
@@ -105,6 +119,8 @@ export interface ProxyOptions {
   command?: string[];
   /** Give PROXY_ACTION_DIR relative to the proxy's working directory, as `npm start` does. */
   relativeActionDir?: boolean;
+  /** Don't read the proxy's stdout until `stdout.resume()` is called (a stalled log collector). */
+  stalledStdout?: boolean;
 }
 
 /**
@@ -126,7 +142,8 @@ export async function startProxy(options: ProxyOptions = {}): Promise<RunningPro
   const child = spawn(command!, args, { env, cwd: dirname(dir), stdio: ['ignore', 'pipe', 'pipe'] });
   const stdout = new Log();
   const stderr = new Log();
-  child.stdout!.on('data', (chunk: Buffer) => stdout.add(chunk));
+  if (options.stalledStdout) stdout.resume = () => child.stdout!.on('data', (chunk: Buffer) => stdout.add(chunk));
+  else child.stdout!.on('data', (chunk: Buffer) => stdout.add(chunk));
   child.stderr!.on('data', (chunk: Buffer) => stderr.add(chunk));
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
     child.on('close', (code, signal) => resolve({ code, signal })),
@@ -272,4 +289,77 @@ export function exchange(port: number, data: string, end = true): Promise<string
     socket.on('close', () => resolve(answer));
     socket.on('error', reject);
   });
+}
+
+/**
+ * Sends a request whose client gives up: the whole request (or, with `partial`, only the headers and
+ * part of the body), then the connection is closed after `closeAfterMs`. Resolves once it is closed,
+ * with whatever the proxy answered before that (usually nothing).
+ */
+export function abandon(port: number, path: string, body: string | Buffer, options: { closeAfterMs?: number; closeWhen?: Promise<unknown>; partial?: boolean; headers?: string } = {}): Promise<string> {
+  const bytes = Buffer.isBuffer(body) ? body : Buffer.from(body);
+  const head = `POST ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: ${bytes.length}\r\n${options.headers ?? ''}\r\n`;
+  return new Promise((resolve, reject) => {
+    let answer = '';
+    const socket = connect(port, '127.0.0.1', () => {
+      socket.write(head);
+      socket.write(options.partial ? bytes.subarray(0, bytes.length >> 1) : bytes);
+      if (options.closeWhen) void options.closeWhen.then(() => socket.destroy());
+      else setTimeout(() => socket.destroy(), options.closeAfterMs ?? 50);
+    });
+    socket.on('data', (chunk: Buffer) => (answer += chunk.toString('latin1')));
+    socket.on('close', () => resolve(answer));
+    socket.on('error', reject);
+  });
+}
+
+/** Whether a process exists (a zombie counts as gone). */
+export function alive(pid: number): boolean {
+  try {
+    return !/^State:\s+Z/m.test(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  } catch {
+    return false;
+  }
+}
+
+/** Polls `condition` every 50 ms until it holds; false if it still doesn't after `ms`. */
+export async function eventually(condition: () => boolean, ms = 15_000): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  while (!condition()) {
+    if (Date.now() > deadline) return false;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  return true;
+}
+
+/** The current resident set size of a process, in bytes (Linux). */
+export function rss(pid: number): number {
+  const match = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return Number(match?.[1]) * 1024;
+}
+
+/** The processes in a process group (Linux). */
+export function groupMembers(group: number): number[] {
+  const members: number[] = [];
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const stat = readFileSync(`/proc/${name}/stat`, 'utf8');
+      // After the command's closing parenthesis: state, ppid, pgrp.
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (Number(fields[2]) === group && fields[0] !== 'Z') members.push(Number(name));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return members;
+}
+
+/** The pids of a process's children (Linux). */
+export function childPids(pid: number): number[] {
+  try {
+    return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
 }
