@@ -2,7 +2,7 @@
 // and talk HTTP to it.
 
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { copyFileSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -301,14 +301,18 @@ export function abandon(port: number, path: string, body: string | Buffer, optio
   const head = `POST ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: ${bytes.length}\r\n${options.headers ?? ''}\r\n`;
   return new Promise((resolve, reject) => {
     let answer = '';
+    let timer: NodeJS.Timeout | undefined;
     const socket = connect(port, '127.0.0.1', () => {
       socket.write(head);
       socket.write(options.partial ? bytes.subarray(0, bytes.length >> 1) : bytes);
       if (options.closeWhen) void options.closeWhen.then(() => socket.destroy());
-      else setTimeout(() => socket.destroy(), options.closeAfterMs ?? 50);
+      else timer = setTimeout(() => socket.destroy(), options.closeAfterMs ?? 50);
     });
     socket.on('data', (chunk: Buffer) => (answer += chunk.toString('latin1')));
-    socket.on('close', () => resolve(answer));
+    socket.on('close', () => {
+      clearTimeout(timer);
+      resolve(answer);
+    });
     socket.on('error', reject);
   });
 }
@@ -362,4 +366,20 @@ export function childPids(pid: number): number[] {
   } catch {
     return [];
   }
+}
+
+/** Runs `fn` with a proxy in action-loop mode (PROXY_ACTION_LOOP=1). */
+export function withLoopProxy<T>(options: ProxyOptions, fn: (proxy: RunningProxy) => Promise<T>): Promise<T> {
+  return withProxy({ ...options, env: { PROXY_ACTION_LOOP: '1', ...options.env } }, fn);
+}
+
+/** How many lines a file in the proxy's action directory has (test actions count their runs in one). */
+export function countLines(proxy: RunningProxy, name: string): number {
+  const path = join(proxy.dir, name);
+  return existsSync(path) ? readFileSync(path, 'utf8').split('\n').filter(Boolean).length : 0;
+}
+
+/** The pid a test action wrote to a file in the action directory. */
+export function pidIn(proxy: RunningProxy, name: string): number {
+  return Number(readFileSync(join(proxy.dir, name), 'utf8').trim());
 }
