@@ -12,6 +12,10 @@ export const MESSAGES = {
   badResult: 'The action did not return a dictionary or array.',
   exited: 'The action exited before returning a result. See logs for details.',
   notStarted: 'The action did not start. See logs for details.',
+  /** A loop action that fails to come up at init, as OpenWhisk's actionloop runtime images answer it. */
+  cannotStart: 'Cannot start action. Check logs for details.',
+  /** An init without code where a compiler (a language runtime) needs some, as every OpenWhisk runtime answers it. */
+  noCode: 'Missing main/no code to execute.',
   cancelled: 'The client closed the connection; the activation was stopped.',
   shuttingDown: 'The proxy is shutting down. Try again.',
 } as const;

@@ -68,9 +68,8 @@ export async function install(actionDir: string, action: ActionCode, options: In
     const write = (): Promise<void> => writeAction(staging, action, options.zipLimits);
     await (action.binary ? measure(options.parts, 'extract', write) : write());
     if (options.compiler && !isProgram(join(staging, 'exec'))) {
-      const output = await measure(options.parts, 'build', () => compile(actionDir, staging, options.compiler!));
-      tidy(staging);
-      staging = output;
+      const sources = staging;
+      staging = await measure(options.parts, 'build', () => compile(actionDir, sources, options.compiler!));
     }
     makeExecutable(join(staging, 'exec'));
     if (options.executionEnv) checkExecutionEnv(staging, options.executionEnv);
@@ -121,12 +120,19 @@ function isProgram(path: string): boolean {
 }
 
 /**
- * Runs the compiler on the staged sources into a fresh output folder, which it returns. It must exit 0
- * and leave an `exec` there; output of its own is logs, not failure (warnings are not errors).
+ * Runs the compiler on the staged sources and returns the folder it built the action in (a new staging
+ * folder); the sources are gone either way. The compiler's folders are laid out as Go's proxy lays them
+ * out, `src` and `bin` side by side in a fresh folder: OpenWhisk's Go compiler sets GOPATH to their
+ * parent. It must exit 0 and leave an `exec`; output of its own is logs, not failure (warnings are not
+ * errors).
  */
-async function compile(actionDir: string, sources: string, compiler: Compiler): Promise<string> {
-  const output = mkdtempSync(join(actionDir, BUILD_PREFIX));
+async function compile(actionDir: string, staging: string, compiler: Compiler): Promise<string> {
+  const folder = mkdtempSync(join(actionDir, BUILD_PREFIX));
+  const sources = join(folder, 'src');
+  const output = join(folder, 'bin');
   try {
+    renameSync(staging, sources);
+    mkdirSync(output);
     const child = spawn(compiler.command, [compiler.main, sources, output], { cwd: sources, env: compiler.env, stdio: ['ignore', 'pipe', 'pipe'] });
     child.stdout.pipe(compiler.logs.stdout, { end: false });
     child.stderr.pipe(compiler.logs.stderr, { end: false });
@@ -137,10 +143,13 @@ async function compile(actionDir: string, sources: string, compiler: Compiler): 
     const how = signal !== null ? `was terminated by signal ${signal}` : `exited with code ${code}`;
     if (code !== 0) throw new Error(`the compiler (OW_COMPILER=${compiler.command}) ${how}`);
     if (!lstatSync(join(output, 'exec'), { throwIfNoEntry: false })) throw new Error(`the compiler (OW_COMPILER=${compiler.command}) left no exec in its output folder`);
-    return output;
-  } catch (error) {
-    tidy(output);
-    throw error;
+    // Out of the build folder, under a staging name: what the next steps (and a crash's cleanup) expect.
+    const built = `${staging}-built`;
+    renameSync(output, built);
+    return built;
+  } finally {
+    tidy(folder);
+    tidy(staging);
   }
 }
 

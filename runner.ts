@@ -7,7 +7,7 @@
 import { join, resolve } from 'node:path';
 import { CLIENT_CLOSED, MESSAGES, ProxyError } from './errors.ts';
 import type { ActionResult, Activation, Executor, ExecutorOptions, Logs } from './executors/executor.ts';
-import { LoopExecutor } from './executors/loop.ts';
+import { LoopExecutor, StartFailed } from './executors/loop.ts';
 import { ProcessExecutor } from './executors/process.ts';
 import { install, verify, verifyOrThrow } from './install.ts';
 import { compact, kindOf, membersOf, stringValue, type Member } from './json.ts';
@@ -132,6 +132,8 @@ export class ActionRunner {
   async init(members: Map<string, Member>, parts?: Parts): Promise<void> {
     try {
       const value = initValue(members);
+      // A language runtime (it has a compiler) needs code to build; only the skeleton runs the image's own exec.
+      if (value.code === undefined && this.compiler !== undefined) throw new ProxyError(403, MESSAGES.noCode);
       const baseEnv = { ...this.initialEnv, ...value.env };
       const activate = (): Promise<void> => this.executor.start(baseEnv, parts);
       if (value.code !== undefined) {
@@ -157,7 +159,11 @@ export class ActionRunner {
       this.baseEnv = baseEnv;
       this.initialized = true;
     } catch (error) {
-      throw new ProxyError(502, MESSAGES.initFailed, { cause: error });
+      if (error instanceof ProxyError && error.message === MESSAGES.noCode) throw error;
+      if (!(error instanceof StartFailed)) throw new ProxyError(502, MESSAGES.initFailed, { cause: error });
+      // As OpenWhisk's actionloop runtimes answer it (Go's proxy with OW_LOG_INIT_ERROR): the reason, then their line.
+      if (error.exited) this.logs.stderr.write(`${error.message}\n`);
+      throw new ProxyError(502, MESSAGES.cannotStart, { cause: error.exited ? new Error('Command exited abruptly during initialization.') : error });
     }
   }
 

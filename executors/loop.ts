@@ -59,6 +59,16 @@ interface LoopProcess {
   name: string;
 }
 
+/** Why an action process did not come up: its ack, or its exit before the ack (`exited`). */
+export class StartFailed extends Error {
+  readonly exited: boolean;
+  constructor(why: string, exited: boolean) {
+    super(`The action did not start: ${why}.`);
+    this.name = 'StartFailed';
+    this.exited = exited;
+  }
+}
+
 /** A message the process never got: its stdin was closed. Delivered to a fresh process instead. */
 const UNDELIVERED = new Error('the action process had closed its input');
 
@@ -366,13 +376,13 @@ export class LoopExecutor implements Executor {
       if (!ack) return resolve(process);
       // The first fd-3 line must be {"ok": true}.
       const timer = setTimeout(() => fail(`no ack on fd 3 within ${ackTimeoutMs / 1000} s (PROXY_ACK_TIMEOUT_SECONDS)`), ackTimeoutMs);
-      const fail = (why: string): void => {
+      const fail = (why: string, exited = false): void => {
         clearTimeout(timer);
         stopWaiting(process);
         this.terminate(process);
-        reject(new Error(`The action did not start: ${why}.`));
+        reject(new StartFailed(why, exited));
       };
-      process.onGone = (why) => fail(why.replace(/\.$/, ''));
+      process.onGone = (why) => fail(why.replace(/\.$/, ''), true);
       process.waiter = (line) => {
         const text = line?.toString('utf8').trim() ?? '';
         let ok = false;

@@ -9,6 +9,7 @@ import { SENTINEL, initScript, startProxy, withProxy, withTempDir, zipBase64, ty
 
 const EXITED = { error: 'The action exited before returning a result. See logs for details.' };
 const INIT_FAILED = { error: 'The action failed to generate or locate a binary. See logs for details.' };
+const CANNOT_START = { error: 'Cannot start action. Check logs for details.' };
 
 // A loop action: counts its activations, logs a line for each, answers with the count and the message.
 const COUNTER = `#!/bin/bash
@@ -195,13 +196,13 @@ describe('init', { concurrency: true }, () => {
       const first = (await proxy.post('/run', { value: {} })).json() as { pid: number; n: number };
       const failures = [
         ['#!/bin/bash\necho \'{"ok": false}\' >&3\nsleep 30\n', /its ack was "\{\\"ok\\": false\}", not \{"ok": true\}/],
-        ['#!/bin/bash\nexit 4\n', /The action did not start: The action process \d+ exited with code 4/],
+        ['#!/bin/bash\nexit 4\n', /The action did not start: The action process \d+ exited with code 4\.\nCommand exited abruptly during initialization\.\n/],
         ['#!/bin/bash\nsleep 30\n', /no ack on fd 3 within 1 s \(PROXY_ACK_TIMEOUT_SECONDS\)/],
       ] as const;
       for (const [index, [code, cause]] of failures.entries()) {
         const res = await initScript(proxy, code);
         assert.equal(res.status, 502);
-        assert.deepEqual(res.json(), INIT_FAILED);
+        assert.deepEqual(res.json(), CANNOT_START);
         await proxy.sentinels(2 + index); // the cause is written before them
         assert.match(proxy.stderr.text, cause);
       }
@@ -270,6 +271,48 @@ printf '#!/bin/bash\\n%s\\n' "$body" > "$out/exec"; chmod +x "$out/exec"
         });
       }));
   }
+
+  test('with OW_COMPILER an init without code is a 403 "Missing main/no code to execute."; code "" goes to the compiler', () =>
+    withTempDir(async (folder) => {
+      const compiler = join(folder, 'compile');
+      writeFileSync(compiler, '#!/bin/bash\necho "compiling [$(cat "$2/exec")]"\nprintf \'#!/bin/bash\\nwhile read -r l; do echo "{}" >&3; done\\n\' > "$3/exec"\n', { mode: 0o755 });
+      await loop({ env: { OW_COMPILER: compiler } }, async (proxy) => {
+        for (const value of [{}, { code: null }]) {
+          const res = await proxy.post('/init', { value });
+          assert.equal(res.status, 403);
+          assert.deepEqual(res.json(), { error: 'Missing main/no code to execute.' });
+        }
+        assert.equal((await proxy.post('/init', { value: { code: '' } })).status, 200, proxy.stderr.text);
+        assert.match(proxy.stdout.text, /compiling \[\]/);
+        assert.deepEqual((await proxy.post('/run', { value: {} })).json(), {});
+      });
+    }));
+
+  test('the compiler gets src and bin side by side in a fresh folder: a Go-style package beside main builds', () =>
+    withTempDir(async (folder) => {
+      // Like OpenWhisk's gobuild.py: GOPATH is the source folder's parent, packages are found under src/.
+      const compiler = join(folder, 'compile');
+      writeFileSync(compiler, `#!/bin/bash
+main=$1; src=$2; out=$3; gopath=$(dirname "$src")
+[ "$(basename "$src")" = src ] && [ "$out" = "$gopath/bin" ] || { echo "unexpected folders: $src $out" >&2; exit 1; }
+[ -f "$gopath/src/hello/hello.go" ] || { echo 'cannot find package "hello"' >&2; exit 1; }
+message=$(grep -o '"[^"]*"' "$gopath/src/hello/hello.go")
+cat > "$out/exec" <<EOF
+#!/bin/bash
+echo '{"main":"$main","hello":$message}'
+EOF
+chmod +x "$out/exec"
+`, { mode: 0o755 });
+      const sources = join(folder, 'action');
+      execFileSync('mkdir', ['-p', join(sources, 'hello')]);
+      writeFileSync(join(sources, 'main.go'), 'package main\nimport "hello"\nfunc Main(a map[string]interface{}) map[string]interface{} { return hello.Hello() }\n');
+      writeFileSync(join(sources, 'hello', 'hello.go'), 'package hello\nfunc Hello() string { return "from a package" }\n');
+      await withProxy({ env: { OW_COMPILER: compiler } }, async (proxy) => {
+        const res = await proxy.post('/init', { value: { binary: true, main: 'Main', code: zipBase64(sources) } });
+        assert.equal(res.status, 200, proxy.stderr.text);
+        assert.deepEqual((await proxy.post('/run', { value: {} })).json(), { main: 'Main', hello: 'from a package' });
+      });
+    }));
 
   test('PROXY_ACTION_LOOP other than 0 or 1 stops the proxy at start-up, naming the variable', async () => {
     const proxy = await startProxy({ env: { PROXY_ACTION_LOOP: 'yes' }, waitReady: false });
