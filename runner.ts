@@ -201,7 +201,7 @@ export class ActionRunner {
    * line (PROXY_MAX_WAITING) is a 503 at once.
    */
   admit(signal?: AbortSignal): Promise<() => void> {
-    if (this.maxActivations <= 0 || this.running < this.maxActivations) {
+    if (this.hasFreeSlot()) {
       this.running++;
       return Promise.resolve(this.releaser());
     }

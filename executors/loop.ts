@@ -169,10 +169,7 @@ export class LoopExecutor implements Executor {
       // A process can't be interrupted mid-activation: it is killed with its group and not reused.
       const cancel = (): void => {
         process.cancelled = true;
-        this.forget(process);
-        process.stopping = true;
-        process.child.stdin?.destroy();
-        killGroup(process.child.pid!);
+        this.terminate(process, true);
       };
       signal?.addEventListener('abort', cancel, { once: true });
       const finish = (outcome: () => ActionResult): void => {
@@ -275,11 +272,18 @@ export class LoopExecutor implements Executor {
     process.backedUp = pipes.some((pipe) => pipe.isPaused());
   }
 
-  /** Stops a process: its stdin closed, SIGTERM to its group, SIGKILL after a second. */
-  private terminate(process: LoopProcess): void {
+  /**
+   * Stops a process: its stdin closed, SIGTERM to its group, SIGKILL after a second; or, `now`, SIGKILL
+   * at once with its stdin dropped (a message it never read is released with it).
+   */
+  private terminate(process: LoopProcess, now = false): void {
     this.forget(process);
     if (process.gone || process.stopping) return;
     process.stopping = true;
+    if (now) {
+      process.child.stdin?.destroy();
+      return killGroup(process.child.pid!);
+    }
     process.child.stdin?.end();
     killGroup(process.child.pid!, 'SIGTERM');
     setTimeout(() => process.gone || killGroup(process.child.pid!), STOP_GRACE_MS).unref();

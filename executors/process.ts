@@ -79,6 +79,10 @@ export class ProcessExecutor implements Executor {
       const cancel = (): void => {
         cancelled = true;
         killGroup(child.pid!);
+        // A descendant that left the group can hold the pipes open: a stopped activation doesn't wait for it.
+        const release = (): void => void setTimeout(() => [child.stdout, child.stderr].forEach((pipe) => pipe?.destroy()), CANCELLED_PIPES_GRACE_MS).unref();
+        if (child.exitCode !== null || child.signalCode !== null) release();
+        else child.once('exit', release);
       };
       const settle = (outcome: () => ActionResult): void => {
         if (settled) return;
@@ -109,10 +113,6 @@ export class ProcessExecutor implements Executor {
       child.stdin!.end(activation.argsBytes ?? args);
       const lastLine = forwardLines(child.stdout!, logs.stdout, true, maxResultBytes);
       const stderrLines = forwardLines(child.stderr!, logs.stderr, false, MAX_LOG_LINE_BYTES);
-      child.on('exit', () => {
-        // A descendant that left the group can hold the pipes open: a stopped activation doesn't wait for it.
-        if (cancelled) setTimeout(() => [child.stdout, child.stderr].forEach((pipe) => pipe?.destroy()), CANCELLED_PIPES_GRACE_MS).unref();
-      });
       // The activation ends when the process has exited and both pipes are drained.
       child.on('close', (code, signalName) => {
         this.remember(pid);

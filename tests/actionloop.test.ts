@@ -8,7 +8,6 @@ import { describe, test } from 'node:test';
 import { SENTINEL, initScript, startProxy, withProxy, withTempDir, zipBase64, type ProxyOptions, type RunningProxy } from './helpers.ts';
 
 const EXITED = { error: 'The action exited before returning a result. See logs for details.' };
-const INIT_FAILED = { error: 'The action failed to generate or locate a binary. See logs for details.' };
 const CANNOT_START = { error: 'Cannot start action. Check logs for details.' };
 
 // A loop action: counts its activations, logs a line for each, answers with the count and the message.

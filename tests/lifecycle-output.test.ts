@@ -17,9 +17,20 @@ import {
   startProxy,
   withLoopProxy,
   withProxy,
+  type RunningProxy,
 } from './helpers.ts';
 
 const MiB = 1024 * 1024;
+const MODES = ['a process per activation', 'action-loop mode'] as const;
+
+/** Runs `fn` with a proxy in `mode`, initialized with that mode's form of the action. */
+function withAction<T>(mode: (typeof MODES)[number], action: { loop: string; process: string }, fn: (proxy: RunningProxy) => Promise<T>): Promise<T> {
+  const loop = mode === 'action-loop mode';
+  return withProxy({ env: loop ? { PROXY_ACTION_LOOP: '1' } : {} }, async (proxy) => {
+    assert.equal((await initScript(proxy, loop ? action.loop : action.process)).status, 200);
+    return fn(proxy);
+  });
+}
 
 // Counts its runs; with "slow" in its arguments it takes a second.
 const SLOW = `#!/bin/bash
@@ -134,14 +145,9 @@ describe('output framing', { concurrency: true }, () => {
       assert.equal(proxy.stdout.text, `${SENTINEL}stray\n${SENTINEL}`);
     }));
 
-  for (const mode of ['a process per activation', 'action-loop mode'] as const) {
+  for (const mode of MODES) {
     test(`${mode}: a last stderr fragment without a newline is ended before the sentinel`, () =>
-      withProxy({ env: mode === 'action-loop mode' ? { PROXY_ACTION_LOOP: '1' } : {} }, async (proxy) => {
-        const action =
-          mode === 'action-loop mode'
-            ? '#!/bin/bash\nwhile read -r line; do printf "no newline" >&2; echo "{}" >&3; done\n'
-            : '#!/bin/bash\nprintf "no newline" >&2\necho "{}"\n';
-        assert.equal((await initScript(proxy, action)).status, 200);
+      withAction(mode, { loop: '#!/bin/bash\nwhile read -r line; do printf "no newline" >&2; echo "{}" >&3; done\n', process: '#!/bin/bash\nprintf "no newline" >&2\necho "{}"\n' }, async (proxy) => {
         assert.equal((await proxy.post('/run', { value: {} })).status, 200);
         await proxy.sentinels(1);
         assert.equal(proxy.stderr.text, `no newline\n${SENTINEL}`);
@@ -172,14 +178,13 @@ describe('output framing', { concurrency: true }, () => {
 });
 
 describe('bounded work per request', { concurrency: true }, () => {
-  for (const mode of ['a process per activation', 'action-loop mode'] as const) {
+  for (const mode of MODES) {
+    const action = {
+      loop: '#!/usr/bin/env python3\nimport os, sys\nout = os.fdopen(3, "w")\nfor line in sys.stdin:\n    print(\'{"length": %d}\' % len(line), file=out, flush=True)\n',
+      process: '#!/bin/bash\necho "{\\"length\\": $(wc -c)}"\n',
+    };
     test(`${mode}: 40 MB of arguments raise peak RSS by at most 2.5x the body plus 30 MiB`, () =>
-      withProxy({ env: mode === 'action-loop mode' ? { PROXY_ACTION_LOOP: '1' } : {} }, async (proxy) => {
-        const action =
-          mode === 'action-loop mode'
-            ? '#!/usr/bin/env python3\nimport os, sys\nout = os.fdopen(3, "w")\nfor line in sys.stdin:\n    print(\'{"length": %d}\' % len(line), file=out, flush=True)\n'
-            : '#!/bin/bash\necho "{\\"length\\": $(wc -c)}"\n';
-        assert.equal((await initScript(proxy, action)).status, 200);
+      withAction(mode, action, async (proxy) => {
         assert.equal((await proxy.post('/run', { value: {} })).status, 200);
         const body = Buffer.from(`{"value":{"data":"${'a'.repeat(40 * 1000 * 1000)}"}}`);
         const before = peakRss(proxy.child.pid!);
