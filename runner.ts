@@ -209,8 +209,9 @@ export class ActionRunner {
     if (this.waiting.length >= this.maxWaiting) {
       return Promise.reject(
         new ProxyError(503, `The proxy is at its limit of ${this.maxWaiting} waiting requests (PROXY_MAX_WAITING). Try again.`, {
-          // Its body is not read: the connection can't carry another request.
-          headers: { 'Retry-After': '1', Connection: 'close' },
+          // Its body is never held: Node reads it past and discards it, and the connection stays open.
+          // Closing it at once would reset a client still sending its body, and lose this answer.
+          headers: { 'Retry-After': '1' },
         }),
       );
     }

@@ -3,6 +3,7 @@
 
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import {
@@ -91,6 +92,40 @@ describe('a client that gives up cancels its activation', { concurrency: true },
       assert.equal((await proxy.post('/run', { value: {} })).status, 200);
       await proxy.sentinels(3);
       assert.equal(proxy.stderr.text.split(CANCELLED).length - 1, 2);
+    }));
+
+  test('a full line (PROXY_MAX_WAITING=0): the 503 comes at once, the rest of the body is discarded, the connection carries the next request', () =>
+    withProxy({ env: { PROXY_MAX_ACTIVATIONS: '1', PROXY_MAX_WAITING: '0' } }, async (proxy) => {
+      assert.equal((await initScript(proxy, HANGING)).status, 200);
+      let release!: () => void;
+      const running = abandon(proxy.port, '/run', '{"value":{"hang":true}}', { closeWhen: new Promise<void>((resolve) => (release = resolve)) });
+      await proxy.stderr.until('started\n');
+      const body = Buffer.from(`{"value":{"pad":"${'x'.repeat(256 * 1024)}"}}`);
+      const head = `POST /run HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n`;
+      const refusal = `HTTP/1.1 503 Service Unavailable`;
+      const socket = connect(proxy.port, '127.0.0.1');
+      let answers = '';
+      const closed = new Promise<Error | undefined>((resolve) => {
+        socket.on('error', resolve);
+        socket.on('close', () => resolve(undefined));
+      });
+      socket.on('data', (chunk: Buffer) => (answers += chunk.toString('latin1')));
+      // Half the body, then the answer, then the other half: a client still sending when it is refused.
+      socket.write(head + body.subarray(0, body.length >> 1).toString('latin1'), 'latin1');
+      assert.ok(await eventually(() => answers.includes('Try again."}')), answers);
+      socket.write(body.subarray(body.length >> 1));
+      socket.write(`POST /run HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 12\r\n\r\n{"value":{}}`);
+      assert.ok(await eventually(() => answers.split(refusal).length === 3), answers);
+      socket.end();
+      assert.equal(await closed, undefined, 'the connection was not reset');
+      for (const answer of answers.split(refusal).slice(1)) {
+        assert.match(answer, /\r\nRetry-After: 1\r\n/);
+        assert.doesNotMatch(answer, /Connection: close/i);
+        assert.ok(answer.endsWith('{"error":"The proxy is at its limit of 0 waiting requests (PROXY_MAX_WAITING). Try again."}'), answer);
+      }
+      release();
+      await running;
+      assert.equal(countLines(proxy, 'runs'), 1, 'the refused requests never ran');
     }));
 
   test('Knative: 64 abandoned hung requests and 2,000 abandoned 256 KiB requests in line; RSS stays bounded and the service answers', async () => {
