@@ -4,25 +4,28 @@
 // a leftover folder would hold the space or inodes every later init needs.
 
 import { spawn } from 'node:child_process';
-import { constants, accessSync, chmodSync, closeSync, lstatSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, renameSync, rmdirSync, statSync, unlinkSync, writeFileSync, type Stats } from 'node:fs';
+import { constants, accessSync, chmodSync, closeSync, createReadStream, fchmodSync, lstatSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, renameSync, rmdirSync, statSync, unlinkSync, writeFileSync, type Stats } from 'node:fs';
 import { join } from 'node:path';
 import type { Writable } from 'node:stream';
 import { measure, type Parts } from './timing.ts';
-import type { ZipLimits } from './zip.ts';
+import { DEFAULT_ARCHIVE_LIMITS, formatOf, headOf, liftSingleFolder, writeAll, type ArchiveLimits } from './archive.ts';
 
 /** The folders an install makes in the action directory; any found at the next install are leftovers. */
 const STAGING_PREFIX = '.proxy-init-';
 const BACKUP_PREFIX = '.proxy-previous-';
 const BUILD_PREFIX = '.proxy-build-';
 
-/** The new action's files: a script, or a ZIP archive (base64). */
+/**
+ * The new action's files: a script, or (binary) base64 of a ZIP, a tar(.gz) or a program. The code is
+ * text, or plain ASCII (initbody.ts) in the pieces it arrived in: never a second whole copy in memory.
+ */
 export interface ActionCode {
-  code: string;
+  code: string | Buffer[];
   binary: boolean;
 }
 
 export interface InstallOptions {
-  zipLimits: Partial<ZipLimits>;
+  zipLimits: Partial<ArchiveLimits>;
   /**
    * Runs after the new files are in place and before `exec` is verified (a compile step, say); throwing
    * fails the install. Without one, an archive must bring its own `exec`.
@@ -92,15 +95,77 @@ export async function install(actionDir: string, action: ActionCode, options: In
   tidy(swap.backup);
 }
 
-async function writeAction(staging: string, action: ActionCode, zipLimits: Partial<ZipLimits>): Promise<void> {
-  if (!action.binary) return writeFileSync(join(staging, 'exec'), action.code, { mode: 0o755 });
-  const { extract, DEFAULT_ZIP_LIMITS } = await import('./zip.ts');
-  await extract(Buffer.from(action.code, 'base64'), staging, { ...DEFAULT_ZIP_LIMITS, ...zipLimits }).catch((error: unknown) => {
-    // Buffer.from skips what isn't base64, so text that never was an archive fails as a bad archive.
-    if (!BASE64.test(action.code)) throw new Error('init code is not valid base64 (binary: true needs a base64 ZIP archive)', { cause: error });
-    throw error;
-  });
+async function writeAction(staging: string, action: ActionCode, limits: Partial<ArchiveLimits>): Promise<void> {
+  if (!action.binary) return writeFileSync(join(staging, 'exec'), typeof action.code === 'string' ? action.code : Buffer.concat(action.code), { mode: 0o755 });
+  // The decoded code is a file beside the staging folder (named like it, so a crash's leftover is found):
+  // on disk once, read back by format, never whole in memory.
+  const decoded = `${staging}.code`;
+  const fd = openSync(decoded, 'w+', 0o700);
+  try {
+    decodeBase64(action.code, fd);
+    await unpack(fd, decoded, staging, { ...DEFAULT_ARCHIVE_LIMITS, ...limits });
+  } finally {
+    closeSync(fd);
+    tidy(decoded);
+  }
 }
+
+/**
+ * Unpacks decoded code by what its bytes are: a ZIP, a gzip'd or plain tar (with one top-level folder
+ * holding `exec` as the root), or anything else as `exec` itself.
+ */
+export async function unpack(fd: number, path: string, staging: string, limits: ArchiveLimits): Promise<void> {
+  const head = headOf(fd);
+  if (head.length === 0) throw new Error('init code is empty (binary: true needs base64 of a ZIP, a tar(.gz) or a program)');
+  const format = formatOf(head);
+  if (format === 'program') {
+    fchmodSync(fd, 0o755);
+    renameSync(path, join(staging, 'exec'));
+    return;
+  }
+  if (format === 'zip') {
+    const { extract, fileSource } = await import('./zip.ts');
+    await extract(fileSource(fd), staging, limits);
+  } else {
+    const { extractTar } = await import('./tar.ts');
+    // A stream of its own: a stream closes the descriptor it reads when it is destroyed.
+    await extractTar(createReadStream(path), format === 'gzip', staging, limits);
+  }
+  liftSingleFolder(staging);
+}
+
+const BASE64_ERROR = 'init code is not valid base64 (binary: true needs base64 of a ZIP, a tar(.gz) or a program)';
+
+/**
+ * Decodes base64 code into `fd`, piece by piece, each piece let go once written; text with anything but
+ * base64 in it is refused.
+ */
+function decodeBase64(code: string | Buffer[], fd: number): void {
+  if (typeof code === 'string') {
+    if (!BASE64.test(code)) throw new Error(BASE64_ERROR);
+    return writeAll(fd, Buffer.from(code, 'base64'));
+  }
+  // Each group of 4 characters decodes on its own: what is left of a piece goes with the next. The
+  // bytes go through one scratch buffer: decoding leaves no garbage the size of the code behind.
+  let scratch = EMPTY;
+  let carry = '';
+  let padded = false;
+  for (let i = 0; i < code.length; i++) {
+    const text = carry + code[i]!.toString('latin1');
+    code[i] = EMPTY;
+    const whole = i === code.length - 1 ? text.length : text.length - (text.length % 4);
+    carry = text.slice(whole);
+    const groups = text.slice(0, whole);
+    if (groups === '') continue;
+    if (padded || !BASE64_GROUPS.test(groups)) throw new Error(BASE64_ERROR);
+    padded = groups.endsWith('=');
+    if (scratch.length < groups.length) scratch = Buffer.allocUnsafe(Math.max(groups.length, 65536));
+    writeAll(fd, scratch.subarray(0, scratch.write(groups, 'base64')));
+  }
+}
+
+const EMPTY = Buffer.alloc(0);
+const BASE64_GROUPS = /^[A-Za-z0-9+/]*={0,2}$/;
 
 /** Whether `path` is a program the kernel runs as it is: an ELF binary or a `#!` script. */
 function isProgram(path: string): boolean {

@@ -20,6 +20,11 @@ export interface Member {
   value: string;
   /** Where the value starts in the scanned text (-1 for a member made by member()). */
   at: number;
+  /**
+   * A string value kept as the bytes that arrived, between its quotes, in the pieces they came in
+   * (`value` is then `""`): an init's plain ASCII code (initbody.ts), never made a second copy as text.
+   */
+  source?: Buffer[];
 }
 
 export interface Scanned {
@@ -33,14 +38,15 @@ export interface Scanned {
   members: Map<string, Member> | undefined;
 }
 
-const QUOTE = 0x22;
-const BACKSLASH = 0x5c;
-const COMMA = 0x2c;
-const COLON = 0x3a;
-const OPEN_BRACE = 0x7b;
-const CLOSE_BRACE = 0x7d;
-const OPEN_BRACKET = 0x5b;
-const CLOSE_BRACKET = 0x5d;
+// JSON's structural characters, as char codes (initbody.ts follows structure with them too).
+export const QUOTE = 0x22;
+export const BACKSLASH = 0x5c;
+export const COMMA = 0x2c;
+export const COLON = 0x3a;
+export const OPEN_BRACE = 0x7b;
+export const CLOSE_BRACE = 0x7d;
+export const OPEN_BRACKET = 0x5b;
+export const CLOSE_BRACKET = 0x5d;
 
 // RFC 8259's grammar, as sticky expressions run at the cursor. A string's plain run is one greedy
 // character class, which V8 matches without a backtracking stack, however long the string.

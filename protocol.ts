@@ -9,6 +9,7 @@ import { CLIENT_CLOSED, MESSAGES, ProxyError } from './errors.ts';
 import { TooManyMembers, isTooDeep, membersOf, scan, type Member, type Scanned } from './json.ts';
 import type { ActionResult } from './executors/executor.ts';
 import type { ActionRunner, RunMessage } from './runner.ts';
+import { CodeFinder } from './initbody.ts';
 import { serverTiming, type Timing } from './timing.ts';
 
 /** Ends each activation's logs on stdout and on stderr, so the invoker knows where they end. */
@@ -176,16 +177,38 @@ export function activationFields(message: Map<string, Member>): Map<string, stri
 }
 
 /** Reads a request body, at most `maxBodyBytes` of it; more is a 413. */
-export function readBody(req: IncomingMessage): Promise<Buffer> {
+export async function readBody(req: IncomingMessage): Promise<Buffer> {
+  // With a declared length the body is copied into place as it arrives: its chunks and a
+  // concatenated copy are never alive together (Node's parser holds the body to that length).
+  const declared = Number(req.headers['content-length']);
+  const whole = declared > 65536 && declared <= settings.maxBodyBytes ? Buffer.allocUnsafe(declared) : undefined;
+  const chunks: Buffer[] = [];
+  let length = 0;
+  await receive(req, (chunk) => {
+    if (whole) chunk.copy(whole, length);
+    else chunks.push(chunk);
+    length += chunk.length;
+  });
+  return whole ? whole.subarray(0, length) : chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, length);
+}
+
+/**
+ * Reads an init request body (`{"value": {...}}`) and scans it, its code kept as the chunks that
+ * arrived (initbody.ts): `code` is the content of `value.code`, whose text in `json` is then `""`.
+ */
+export async function readInit(req: IncomingMessage): Promise<{ json: Scanned | undefined; code?: Buffer[] }> {
+  const finder = new CodeFinder();
+  await receive(req, (chunk) => finder.push(chunk));
+  const { rest, code } = finder.finish();
+  return { json: readJson(rest), code };
+}
+
+/** Hands each chunk of a request body to `take`, at most `maxBodyBytes` of them; more is a 413. */
+function receive(req: IncomingMessage, take: (chunk: Buffer) => void): Promise<void> {
   const limit = settings.maxBodyBytes;
   const tooLarge = (): ProxyError => new ProxyError(413, `The request body is larger than the limit of ${limit} bytes (PROXY_MAX_BODY_BYTES).`);
-  const declared = Number(req.headers['content-length']);
-  if (declared > limit) return Promise.reject(tooLarge());
+  if (Number(req.headers['content-length']) > limit) return Promise.reject(tooLarge());
   return new Promise((resolve, reject) => {
-    // With a declared length the body is copied into place as it arrives: its chunks and a
-    // concatenated copy are never alive together (Node's parser holds the body to that length).
-    const whole = declared > 65536 ? Buffer.allocUnsafe(declared) : undefined;
-    const chunks: Buffer[] = [];
     let length = 0;
     req.on('data', (chunk: Buffer) => {
       if (length + chunk.length > limit) {
@@ -194,11 +217,10 @@ export function readBody(req: IncomingMessage): Promise<Buffer> {
         reject(tooLarge());
         return;
       }
-      if (whole) chunk.copy(whole, length);
-      else chunks.push(chunk);
       length += chunk.length;
+      take(chunk);
     });
-    req.on('end', () => resolve(whole ? whole.subarray(0, length) : chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, length)));
+    req.on('end', resolve);
     // A client that goes away mid-body: nothing to answer, nothing ran.
     const gone = (): void => reject(new ProxyError(CLIENT_CLOSED, 'The client closed the connection before sending the whole request.'));
     req.on('error', gone);

@@ -12,7 +12,7 @@ import { closeConnections, failure, sendError, use } from './protocol.ts';
 import { listening } from './timing.ts';
 import { ActionRunner, DEFAULT_MAX_RESULT_BYTES, DEFAULT_MAX_WAITING } from './runner.ts';
 import { MESSAGES, ProxyError } from './errors.ts';
-import type { ZipLimits } from './zip.ts';
+import type { ArchiveLimits } from './archive.ts';
 
 // What a runtime built on the proxy needs, from one module (the bundle the image ships is one file).
 export { ProxyError } from './errors.ts';
@@ -52,7 +52,7 @@ export interface ProxyConfig {
   executionEnv: string | undefined;
   /** PROXY_SERVER_TIMING: 1 or 0; unset, the platform's default (on for OpenWhisk, off for Knative). */
   serverTiming: boolean | undefined;
-  zipLimits: Partial<ZipLimits>;
+  zipLimits: Partial<ArchiveLimits>;
 }
 
 const MiB = 1024 * 1024;

@@ -12,7 +12,7 @@ import { ProcessExecutor } from './executors/process.ts';
 import { install, verify, verifyOrThrow } from './install.ts';
 import { compact, kindOf, membersOf, stringValue, type Member } from './json.ts';
 import { measure, type Parts } from './timing.ts';
-import type { ZipLimits } from './zip.ts';
+import type { ArchiveLimits } from './archive.ts';
 
 export interface RunnerOptions {
   /** Where the action lives; its `exec` is what runs. */
@@ -20,7 +20,7 @@ export interface RunnerOptions {
   /** What every activation's environment starts from. Default: the proxy's own, read once. */
   env?: Record<string, string | undefined>;
   /** Overrides of the ZIP extraction limits for binary inits. */
-  zipLimits?: Partial<ZipLimits>;
+  zipLimits?: Partial<ArchiveLimits>;
   /** Most activations running at once; the rest wait in arrival order. 0 or absent: no limit. */
   maxActivations?: number;
   /** Most activations waiting for a slot; one more is a 503. Default 1,000. */
@@ -42,8 +42,11 @@ export interface RunnerOptions {
 
 /** The `value` of an init request, read. */
 export interface InitValue {
-  /** The script, or base64 of a ZIP archive; absent: keep the action that is there. */
-  code?: string;
+  /**
+   * The script, or base64 of a ZIP, a tar(.gz) or a program; absent: keep the action that is there. A
+   * request's code is the bytes between its JSON quotes, as they arrived (install.ts's ActionCode).
+   */
+  code?: string | Buffer[];
   binary: boolean;
   /** Accepted and not used by the proxy: the entry point is always `exec`. A build step may read it. */
   main?: string;
@@ -69,7 +72,7 @@ export class ActionRunner {
   readonly binary: string;
   initialized = false;
   private readonly customLogs: Logs | undefined;
-  protected readonly zipLimits: Partial<ZipLimits>;
+  protected readonly zipLimits: Partial<ArchiveLimits>;
   /** The proxy's environment, then the init `env`: what each activation starts from. */
   protected baseEnv: Record<string, string>;
   private readonly initialEnv: Record<string, string>;
@@ -304,7 +307,7 @@ function initValue(members: Map<string, Member>): InitValue {
   const fields = new Map<string, string>();
   for (const [name, entry] of env === undefined ? [] : membersOf(env)) fields.set(name, entry.value);
   return {
-    code: code === undefined ? undefined : stringValue(code),
+    code: code === undefined ? undefined : (members.get('code')!.source ?? stringValue(code)),
     binary: binary === 'true',
     main: main !== undefined && kindOf(main) === 'string' ? stringValue(main) : undefined,
     env: environment(fields, '', 'init env'),

@@ -3,7 +3,7 @@
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import { MESSAGES, ProxyError } from '../errors.ts';
 import { membersOf, type Member, type Scanned } from '../json.ts';
-import { activationFields, admit, failure, init, memberBytes, readBody, readJson, run, send, sendError, sendJson, timingHeader, type Failure } from '../protocol.ts';
+import { activationFields, admit, failure, init, memberBytes, readBody, readInit, readJson, run, send, sendError, sendJson, timingHeader, type Failure } from '../protocol.ts';
 import type { RunMessage } from '../runner.ts';
 import { startTiming } from '../timing.ts';
 
@@ -16,7 +16,13 @@ export async function handle(req: IncomingMessage, res: ServerResponse): Promise
   if (req.method !== 'POST') return sendError(res, 405, `${path} takes POST, not ${req.method}.`, { Allow: 'POST' });
 
   if (path === '/init') {
-    const outcome = await init(async () => initValue(readJson(await readBody(req))), timing);
+    const outcome = await init(async () => {
+      const { json, code } = await readInit(req);
+      const members = initValue(json);
+      const member = members.get('code');
+      if (code && member?.value === '""') member.source = code;
+      return members;
+    }, timing);
     // Text, as the original's Flask answered it.
     if (outcome.ok) return send(res, 200, 'OK', { 'Content-Type': 'text/html; charset=utf-8', ...timingHeader(timing) });
     return sendFailure(res, outcome, timingHeader(timing));

@@ -1,8 +1,9 @@
 // Test helpers: start the real proxy as a child process, each with its own port and action directory,
 // and talk HTTP to it.
 
+import assert from 'node:assert/strict';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { copyFileSync, existsSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, lstatSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -382,4 +383,36 @@ export function countLines(proxy: RunningProxy, name: string): number {
 /** The pid a test action wrote to a file in the action directory. */
 export function pidIn(proxy: RunningProxy, name: string): number {
   return Number(readFileSync(join(proxy.dir, name), 'utf8').trim());
+}
+
+/** A folder as `path → kind and mode` ("f755", "d700", "l->target"), for comparing trees. */
+export function tree(dir: string, prefix = ''): Record<string, string> {
+  const result: Record<string, string> = {};
+  for (const name of readdirSync(dir).sort()) {
+    const path = join(dir, name);
+    const key = prefix + name;
+    const stats = lstatSync(path);
+    const mode = (stats.mode & 0o7777).toString(8);
+    if (stats.isSymbolicLink()) result[key] = `l->${readlinkSync(path)}`;
+    else if (stats.isDirectory()) {
+      result[key] = `d${mode}`;
+      Object.assign(result, tree(path, `${key}/`));
+    } else result[key] = `f${mode}`;
+  }
+  return result;
+}
+
+export const INIT_FAILED = { error: 'The action failed to generate or locate a binary. See logs for details.' };
+
+/**
+ * Asserts that an init was refused as a failed one is (502, the cause on stderr, sentinels) and left the
+ * action directory as `before` with the stub in place.
+ */
+export async function assertInitRefused(proxy: RunningProxy, res: Response, cause: RegExp, before: Record<string, string>): Promise<void> {
+  assert.equal(res.status, 502);
+  assert.deepEqual(res.json(), INIT_FAILED);
+  await proxy.sentinels(1);
+  assert.match(proxy.stderr.text, cause);
+  assert.deepEqual(tree(proxy.dir), before, 'nothing written, nothing left behind');
+  assert.equal(readFileSync(join(proxy.dir, 'exec'), 'utf8'), readFileSync(STUB, 'utf8'));
 }

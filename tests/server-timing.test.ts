@@ -53,7 +53,7 @@ describe('OpenWhisk routes: on by default', { concurrency: true }, () => {
         await proxy.post('/nothing'); // the first answer, with start-up, out of the way
         assertAddsUp(timings(await initScript(proxy, '#!/bin/sh\necho {}\n')), ['swap']);
         assertAddsUp(timings(await proxy.post('/init', { value: { binary: true, code: zipBase64(folder) } })), ['extract', 'swap']);
-        const failed = await proxy.post('/init', { value: { binary: true, code: 'bm90IGEgemlw' } });
+        const failed = await proxy.post('/init', { value: { binary: true, code: Buffer.from('PK\x03\x04 and no more of a ZIP').toString('base64') } });
         assert.equal(failed.status, 502);
         assertAddsUp(timings(failed), ['extract']);
       });

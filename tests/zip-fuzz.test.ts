@@ -1,5 +1,5 @@
 // Fuzzing the ZIP reader: random truncations, bit flips and header field rewrites of valid archives.
-// Every case either extracts what the archive holds or fails with the reader's own ZipError; never
+// Every case either extracts what the archive holds or fails with the reader's own ArchiveError; never
 // another exception, a hang, or a write outside the target folder.
 //
 // In CI a bounded run (FUZZ_CASES, default 5000); `npm run fuzz` runs longer. A failure prints the seed
@@ -10,13 +10,14 @@ import { chmodSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { ZipError, extract, type ZipLimits } from '../zip.ts';
+import { ArchiveError, type ArchiveLimits } from '../archive.ts';
+import { extract } from '../zip.ts';
 import { ROOT } from './helpers.ts';
 import { EXEC_ENTRY, craftZip } from './zipcraft.ts';
 
 const CASES = Number(process.env.FUZZ_CASES ?? 5000);
 const SEED = Number(process.env.FUZZ_SEED ?? Date.now() % 2 ** 31);
-const LIMITS: ZipLimits = { maxEntries: 1000, maxBytes: 4 * 1024 * 1024 };
+const LIMITS: ArchiveLimits = { maxEntries: 1000, maxBytes: 4 * 1024 * 1024 };
 const CASE_TIMEOUT_MS = 10_000;
 
 /** mulberry32: small, fast, and reproducible from one number. */
@@ -129,8 +130,8 @@ test(`ZIP fuzz: ${CASES} mutated archives (FUZZ_SEED=${SEED})`, async () => {
         await withTimeout(extract(data, target, LIMITS), CASE_TIMEOUT_MS, context);
         extracted = true;
       } catch (error) {
-        if (!(error instanceof ZipError)) {
-          throw new Error(`${context}: not a ZipError: ${(error as Error)?.stack ?? String(error)}`);
+        if (!(error instanceof ArchiveError)) {
+          throw new Error(`${context}: not an ArchiveError: ${(error as Error)?.stack ?? String(error)}`);
         }
       }
       counts[extracted ? 'extracted' : 'refused']++;

@@ -2,37 +2,19 @@
 // exactly the expected tree, and hostile ones are refused with the action directory left as it was.
 
 import assert from 'node:assert/strict';
-import { lstatSync, readFileSync, readdirSync, readlinkSync, existsSync } from 'node:fs';
+import { readFileSync, existsSync } from 'node:fs';
 import { join, dirname } from 'node:path';
 import { describe, test } from 'node:test';
 import { createDeflateRaw } from 'node:zlib';
-import { ROOT, STUB, withProxy, type RunningProxy, type Response } from './helpers.ts';
+import { ROOT, STUB, assertInitRefused, tree, withProxy, type RunningProxy, type Response } from './helpers.ts';
 import { EXEC_ENTRY, craftZip } from './zipcraft.ts';
 
 const FIXTURES = join(ROOT, 'tests', 'fixtures');
 const STUB_RESULT = { error: 'This is a stub action. Replace it with custom logic.' };
-const INIT_FAILED = { error: 'The action failed to generate or locate a binary. See logs for details.' };
 
 function initZip(proxy: RunningProxy, archive: Buffer | string): Promise<Response> {
   const code = typeof archive === 'string' ? archive : archive.toString('base64');
   return proxy.post('/init', { value: { binary: true, code } });
-}
-
-/** The action directory as `path → kind and mode` ("f755", "d700", "l->target"). */
-function tree(dir: string, prefix = ''): Record<string, string> {
-  const result: Record<string, string> = {};
-  for (const name of readdirSync(dir).sort()) {
-    const path = join(dir, name);
-    const key = prefix + name;
-    const stats = lstatSync(path);
-    const mode = (stats.mode & 0o7777).toString(8);
-    if (stats.isSymbolicLink()) result[key] = `l->${readlinkSync(path)}`;
-    else if (stats.isDirectory()) {
-      result[key] = `d${mode}`;
-      Object.assign(result, tree(path, `${key}/`));
-    } else result[key] = `f${mode}`;
-  }
-  return result;
 }
 
 const FIXTURE_TREES: Array<[file: string, fixture: string, expected: Record<string, string>]> = [
@@ -191,13 +173,7 @@ describe('hostile and broken archives', { concurrency: true }, () => {
     test(`${name}: 502, the cause on stderr, the action directory as it was`, () =>
       withProxy({ env }, async (proxy) => {
         const before = tree(proxy.dir);
-        const res = await initZip(proxy, await archive());
-        assert.equal(res.status, 502);
-        assert.deepEqual(res.json(), INIT_FAILED);
-        await proxy.sentinels(1);
-        assert.match(proxy.stderr.text, cause);
-        assert.deepEqual(tree(proxy.dir), before, 'nothing written, nothing left behind');
-        assert.equal(readFileSync(join(proxy.dir, 'exec'), 'utf8'), readFileSync(STUB, 'utf8'));
+        await assertInitRefused(proxy, await initZip(proxy, await archive()), cause, before);
         assert.ok(!existsSync(join(dirname(proxy.dir), OUTSIDE)) && !existsSync(join('/tmp', OUTSIDE)), 'nothing outside');
         assert.ok(!existsSync(join(dirname(STUB), 'pwned')), 'nothing through the link');
         // Still the stub, and still open to a good init.
