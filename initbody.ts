@@ -7,6 +7,7 @@
 // came, the code's part of them is handed on in those pieces, and only the rest of the body (with `""` in
 // the code's place) is joined and scanned as JSON (json.ts checks everything there).
 
+import { isAscii } from 'node:buffer';
 import { BACKSLASH, CLOSE_BRACE, CLOSE_BRACKET, COLON, COMMA, OPEN_BRACE, OPEN_BRACKET, QUOTE } from './json.ts';
 
 /** Deeper than json.ts accepts: past it the finder stops following, and the body is read as a whole. */
@@ -20,13 +21,12 @@ export interface InitBody {
   rest: Buffer;
   /**
    * The content of the last `value.code` string, between its quotes, in the pieces it arrived in; only
-   * when it is plain (printable ASCII without escapes or spaces: base64 is), else it stays in `rest`.
+   * when it is plain (ASCII without escapes or spaces: base64 is), else it stays in `rest`.
    */
   code?: Buffer[];
 }
 
-// Anything in a string's content that JSON escapes or forbids, and spaces: only plain content is split off.
-const NOT_PLAIN = /[^\x21-\x7e]|\\/;
+
 
 /** Follows an init body's JSON structure chunk by chunk, and says where `value.code`'s string content is. */
 export class CodeFinder {
@@ -131,7 +131,9 @@ export class CodeFinder {
       if (at > end) after.push(chunk.subarray(Math.max(0, end - from)));
     }
     this.chunks.length = 0;
-    if (code.some((piece) => NOT_PLAIN.test(piece.toString('latin1')))) return { rest: Buffer.concat([...before, ...code, ...after]) };
+    // Escapes, spaces (wrapped base64 in a JSON string) or anything not ASCII: the whole body is read as JSON.
+    // Control characters (invalid JSON) are left to the code's reader: base64's decoding refuses them.
+    if (code.some((piece) => !isAscii(piece) || piece.includes(BACKSLASH) || piece.includes(0x20))) return { rest: Buffer.concat([...before, ...code, ...after]) };
     return { rest: Buffer.concat([...before, ...after]), code };
   }
 }

@@ -96,7 +96,7 @@ export async function install(actionDir: string, action: ActionCode, options: In
 }
 
 async function writeAction(staging: string, action: ActionCode, limits: Partial<ArchiveLimits>): Promise<void> {
-  if (!action.binary) return writeFileSync(join(staging, 'exec'), typeof action.code === 'string' ? action.code : Buffer.concat(action.code), { mode: 0o755 });
+  if (!action.binary) return writeFileSync(join(staging, 'exec'), typeof action.code === 'string' ? action.code : scriptOf(action.code), { mode: 0o755 });
   // The decoded code is a file beside the staging folder (named like it, so a crash's leftover is found):
   // on disk once, read back by format, never whole in memory.
   const decoded = `${staging}.code`;
@@ -141,31 +141,37 @@ const BASE64_ERROR = 'init code is not valid base64 (binary: true needs base64 o
  * base64 in it is refused.
  */
 function decodeBase64(code: string | Buffer[], fd: number): void {
-  if (typeof code === 'string') {
-    if (!BASE64.test(code)) throw new Error(BASE64_ERROR);
-    return writeAll(fd, Buffer.from(code, 'base64'));
-  }
+  const pieces = typeof code === 'string' ? [Buffer.from(/\s/.test(code) ? code.replace(/\s+/g, '') : code, 'latin1')] : code;
   // Each group of 4 characters decodes on its own: what is left of a piece goes with the next. The
   // bytes go through one scratch buffer: decoding leaves no garbage the size of the code behind.
   let scratch = EMPTY;
   let carry = '';
-  let padded = false;
-  for (let i = 0; i < code.length; i++) {
-    const text = carry + code[i]!.toString('latin1');
-    code[i] = EMPTY;
-    const whole = i === code.length - 1 ? text.length : text.length - (text.length % 4);
+  for (let i = 0; i < pieces.length; i++) {
+    const text = carry + pieces[i]!.toString('latin1');
+    pieces[i] = EMPTY;
+    const last = i === pieces.length - 1;
+    const whole = last ? text.length : text.length - (text.length % 4);
     carry = text.slice(whole);
     const groups = text.slice(0, whole);
     if (groups === '') continue;
-    if (padded || !BASE64_GROUPS.test(groups)) throw new Error(BASE64_ERROR);
-    padded = groups.endsWith('=');
     if (scratch.length < groups.length) scratch = Buffer.allocUnsafe(Math.max(groups.length, 65536));
-    writeAll(fd, scratch.subarray(0, scratch.write(groups, 'base64')));
+    const decoded = scratch.write(groups, 'base64');
+    // Node's decoder skips what is not base64 and stops at '=': either way fewer bytes come out than the
+    // characters promise, so the count is the check (no second pass over the text).
+    const padding = last && groups.endsWith('==') ? 2 : last && groups.endsWith('=') ? 1 : 0;
+    if (decoded !== Math.floor((groups.length * 3) / 4) - padding) throw new Error(BASE64_ERROR);
+    writeAll(fd, scratch.subarray(0, decoded));
   }
 }
 
 const EMPTY = Buffer.alloc(0);
-const BASE64_GROUPS = /^[A-Za-z0-9+/]*={0,2}$/;
+
+/** A script that arrived as plain ASCII pieces (initbody.ts): JSON forbids control characters in it. */
+function scriptOf(pieces: Buffer[]): Buffer {
+  const script = Buffer.concat(pieces);
+  if (/[\x00-\x1f]/.test(script.toString('latin1'))) throw new Error('init code is not a valid JSON string: it has a raw control character');
+  return script;
+}
 
 /** Whether `path` is a program the kernel runs as it is: an ELF binary or a `#!` script. */
 function isProgram(path: string): boolean {
@@ -325,5 +331,3 @@ function makeExecutable(path: string): void {
   if (stats?.isFile() && (stats.mode & 0o100) === 0) chmodSync(path, 0o755);
 }
 
-// Base64 as encoders write it, wrapped lines (`base64` wraps at 76) included.
-const BASE64 = /^[A-Za-z0-9+/\s]*={0,2}\s*$/;

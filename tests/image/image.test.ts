@@ -5,12 +5,14 @@
 
 import assert from 'node:assert/strict';
 import { execFile, execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { chownSync, copyFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { promisify } from 'node:util';
 import { SENTINEL, STUB, request, zipBase64, type Response } from '../helpers.ts';
+import { craftZip } from '../zipcraft.ts';
 
 const run = promisify(execFile);
 const ENGINE = process.env.PROXY_IMAGE_ENGINE ?? 'podman';
@@ -175,6 +177,19 @@ describe('the image as a container', { concurrency: 2 }, () => {
       process.stderr.write(`# --memory 128m, 10,000 activations: container cgroup peak ${peak === undefined ? 'not readable' : `${(peak / 2 ** 20).toFixed(1)} MiB`}, proxy peak RSS ${(Number(proxyPeak) / 1024).toFixed(1)} MiB\n`);
       assert.ok(Number(proxyPeak) * 1024 < 128 * 2 ** 20);
       if (peak !== undefined) assert.ok(peak < 128 * 2 ** 20);
+    }));
+
+  test('--memory 128m: the largest action (a 47 MiB stored ZIP, a 63 MiB init body) initializes and runs, no OOM kill', () =>
+    withContainer(['--memory', '128m', '--memory-swap', '128m'], async (container) => {
+      const blob = randomBytes(47 * 2 ** 20 - 4096);
+      const exec = '#!/bin/sh\necho "{\\"size\\":$(wc -c < /action/blob)}"\n';
+      const code = craftZip([{ name: 'exec', data: exec, mode: 0o100755 }, { name: 'blob', data: blob }]).toString('base64');
+      const res = await container.post('/init', { value: { binary: true, code } });
+      assert.equal(res.status, 200, await container.logs());
+      assert.deepEqual((await container.post('/run', { value: {} })).json(), { size: blob.length });
+      assert.equal((await engine('inspect', '--format', '{{.State.OOMKilled}}', container.name)).trim(), 'false');
+      const peak = await peakMemory(container);
+      process.stderr.write(`# --memory 128m, a 63 MiB init: container cgroup peak ${peak === undefined ? 'not readable' : `${(peak / 2 ** 20).toFixed(1)} MiB`}\n`);
     }));
 
   test('Knative settings: PORT, __OW_RUNTIME_PLATFORM=knative and __OW_ACTION_CODE answer a web request', () =>
