@@ -4,6 +4,7 @@
 
 import { chmodSync, closeSync, fchmodSync, linkSync, lstatSync, mkdirSync, openSync, readSync, readdirSync, renameSync, rmdirSync, symlinkSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
+import { debug } from './diagnostics.ts';
 
 export type ArchiveErrorCode = 'format' | 'checksum' | 'unsupported' | 'insecure' | 'too-large';
 
@@ -250,6 +251,7 @@ export function liftSingleFolder(dir: string): void {
   if (names.length !== 1 || names[0] === 'exec') return;
   const only = join(dir, names[0]!);
   if (!lstatSync(only).isDirectory() || !lstatSync(join(only, 'exec'), { throwIfNoEntry: false })) return;
+  debug(`init: the archive's one top-level folder '${names[0]}' holds exec: it is the root`);
   const lifted = `${dir}-root`;
   renameSync(only, lifted);
   rmdirSync(dir);

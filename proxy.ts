@@ -13,6 +13,7 @@ import { listening } from './timing.ts';
 import { ActionRunner, DEFAULT_MAX_RESULT_BYTES, DEFAULT_MAX_WAITING } from './runner.ts';
 import { MESSAGES, ProxyError } from './errors.ts';
 import type { ArchiveLimits } from './archive.ts';
+import { versionLine } from './diagnostics.ts';
 
 // What a runtime built on the proxy needs, from one module (the bundle the image ships is one file).
 export { ProxyError } from './errors.ts';
@@ -24,6 +25,8 @@ export type PlatformName = (typeof PLATFORMS)[number];
 
 export interface ProxyConfig {
   port: number;
+  /** The address to listen on (PROXY_HOST); undefined: every interface, IPv6 too where there is IPv6. */
+  host: string | undefined;
   /** Where the action lives; `exec` inside it is what runs. */
   actionDir: string;
   /** Whether more than one successful init is allowed (local development). */
@@ -69,6 +72,7 @@ export function configFromEnv(env: NodeJS.ProcessEnv = process.env): ProxyConfig
   return {
     // Knative sets PORT and it wins: the image's FLASK_PROXY_PORT is a default baked in at build time.
     port: integer(env, env.PORT ? 'PORT' : 'FLASK_PROXY_PORT', 8080, 0, 65535),
+    host: env.PROXY_HOST || undefined,
     actionDir: env.PROXY_ACTION_DIR || '/action',
     allowReinit: env.PROXY_ALLOW_REINIT === '1',
     platform: PLATFORMS.find((name) => name === platform) ?? 'openwhisk',
@@ -267,17 +271,19 @@ export async function start(options: StartOptions = {}): Promise<Server> {
 
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    // No host: Node binds the dual-stack `::` (IPv4 on every address, as 0.0.0.0, plus IPv6), or
-    // 0.0.0.0 where there is no IPv6. Naming 0.0.0.0 costs a DNS module load at start-up (~0.8 ms).
-    server.listen(config.port, () => {
+    const listened = (): void => {
       listening();
       server.off('error', reject);
       resolve();
-    });
+    };
+    // No host: Node binds the dual-stack `::` (IPv4 on every address, as 0.0.0.0, plus IPv6), or
+    // 0.0.0.0 where there is no IPv6. Naming 0.0.0.0 costs a DNS module load at start-up (~0.8 ms).
+    if (config.host === undefined) server.listen(config.port, listened);
+    else server.listen(config.port, config.host, listened);
   });
   // isatty, not process.stdout.isTTY: creating the stdout stream costs start-up time.
   if (isatty(1)) {
-    process.stdout.write(`Action proxy (${config.platform}) listening on port ${config.port}, action directory ${config.actionDir}\n`);
+    process.stdout.write(`Action proxy (${config.platform}) listening on ${config.host ?? 'every interface'}, port ${config.port}, action directory ${config.actionDir}\n`);
   }
   return server;
 }
@@ -294,8 +300,19 @@ function isMain(): boolean {
 }
 
 if (isMain()) {
-  start().catch((error: unknown) => {
-    process.stderr.write(`${error instanceof Error ? error.message : String(error)}\n`);
-    process.exit(1);
-  });
+  const args = process.argv.slice(2);
+  if (args.length === 1 && (args[0] === '--version' || args[0] === '-version')) {
+    process.stdout.write(`${versionLine()}\n`);
+  } else if (args.some((arg) => /^--?compile(=|$)/.test(arg))) {
+    // Loaded only for the command: the server never parses it.
+    void import('./compile.ts').then(async ({ compileCommand }) => process.exit(await compileCommand(args)));
+  } else if (args.length > 0) {
+    process.stderr.write(`Unknown arguments: ${args.join(' ')}. The proxy takes its settings from the environment; its only arguments are --version and -compile <main> [-env '<json object>'].\n`);
+    process.exit(2);
+  } else {
+    start().catch((error: unknown) => {
+      process.stderr.write(`${error instanceof Error ? error.message : String(error)}\n`);
+      process.exit(1);
+    });
+  }
 }

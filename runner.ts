@@ -13,6 +13,7 @@ import { install, verify, verifyOrThrow } from './install.ts';
 import { compact, kindOf, membersOf, stringValue, type Member } from './json.ts';
 import { measure, type Parts } from './timing.ts';
 import type { ArchiveLimits } from './archive.ts';
+import { VERSION, debug } from './diagnostics.ts';
 
 export interface RunnerOptions {
   /** Where the action lives; its `exec` is what runs. */
@@ -107,6 +108,7 @@ export class ActionRunner {
     for (const [key, value] of Object.entries(options.env ?? process.env)) if (value !== undefined) env[key] = value;
     // What the action-loop runtimes' launchers and compilers read (actionloop.md).
     if (options.actionLoop?.ack) env.__OW_WAIT_FOR_ACK = '1';
+    env.__OW_PROXY_VERSION = VERSION;
     if (this.executionEnv) env.__OW_EXECUTION_ENV = this.executionEnv;
     this.initialEnv = env;
     this.baseEnv = env;
@@ -218,6 +220,7 @@ export class ActionRunner {
         }),
       );
     }
+    debug(() => `an activation waits for a slot: ${this.running} running, ${this.waiting.length} waiting before it`);
     return new Promise((resolve, reject) => {
       const waiter: Waiter = {
         grant(release) {
@@ -324,7 +327,7 @@ function describeKind(text: string): string {
  * Environment variables from JSON texts: strings as they are, `null` as "", anything else as its JSON
  * text as sent (a 64-bit ID stays exact). Errors name an entry as `what`.
  */
-function environment(fields: Map<string, string>, prefix: string, what: string): Record<string, string> {
+export function environment(fields: Map<string, string>, prefix: string, what: string): Record<string, string> {
   const env: Record<string, string> = {};
   for (const [key, json] of fields) {
     const kind = kindOf(json);

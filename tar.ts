@@ -13,6 +13,8 @@ import { createGunzip } from 'node:zlib';
 import { ArchiveError, Extraction, PATH_MAX, writeAll, type ArchiveLimits, type EntryKind } from './archive.ts';
 
 const BLOCK = 512;
+/** How much is read, and inflated, at a time. */
+export const PIECE = 256 * 1024;
 
 // Header fields: [offset, length].
 const NAME = [0, 100] as const;
@@ -139,7 +141,8 @@ function padding(size: number): number {
  * Throws the first thing wrong; the caller owns `dir` and removes it.
  */
 export async function extractTar(input: Readable, gzipped: boolean, dir: string, limits: ArchiveLimits): Promise<void> {
-  const stream = gzipped ? input.pipe(createGunzip()) : input;
+  // Large pieces: zlib works in the thread pool, and each piece is a round trip to it.
+  const stream = gzipped ? input.pipe(createGunzip({ chunkSize: PIECE })) : input;
   if (gzipped) input.on('error', (error) => stream.destroy(error));
   const blocks = new Blocks(stream);
   try {

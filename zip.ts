@@ -14,35 +14,35 @@ import { closeSync, fstatSync, readSync } from 'node:fs';
 import { crc32, createInflateRaw, inflateRawSync } from 'node:zlib';
 import { ArchiveError, DEFAULT_ARCHIVE_LIMITS, Extraction, PATH_MAX, writeAll, type ArchiveErrorCode, type ArchiveLimits } from './archive.ts';
 
-const END_SIGNATURE = 0x06054b50;
-const END_LEN = 22; // + comment
+export const END_SIGNATURE = 0x06054b50;
+export const END_LEN = 22; // + comment
 const MAX_COMMENT_LEN = 0xffff;
-const ZIP64_LOCATOR_SIGNATURE = 0x07064b50;
-const ZIP64_LOCATOR_LEN = 20;
-const ZIP64_END_SIGNATURE = 0x06064b50;
-const ZIP64_END_LEN = 56; // + extensible data
-const CENTRAL_SIGNATURE = 0x02014b50;
-const CENTRAL_HEADER_LEN = 46; // + name + extra + comment
-const LOCAL_SIGNATURE = 0x04034b50;
-const LOCAL_HEADER_LEN = 30; // + name + extra
+export const ZIP64_LOCATOR_SIGNATURE = 0x07064b50;
+export const ZIP64_LOCATOR_LEN = 20;
+export const ZIP64_END_SIGNATURE = 0x06064b50;
+export const ZIP64_END_LEN = 56; // + extensible data
+export const CENTRAL_SIGNATURE = 0x02014b50;
+export const CENTRAL_HEADER_LEN = 46; // + name + extra + comment
+export const LOCAL_SIGNATURE = 0x04034b50;
+export const LOCAL_HEADER_LEN = 30; // + name + extra
 
-const ZIP64_EXTRA_ID = 0x0001;
+export const ZIP64_EXTRA_ID = 0x0001;
 const UNICODE_PATH_EXTRA_ID = 0x7075; // Info-ZIP: a UTF-8 name beside a legacy one
 
 const FLAG_ENCRYPTED = 0x0001;
-const FLAG_UTF8 = 0x0800;
-const METHOD_STORED = 0;
-const METHOD_DEFLATED = 8;
+export const FLAG_UTF8 = 0x0800;
+export const METHOD_STORED = 0;
+export const METHOD_DEFLATED = 8;
 
-const CREATOR_UNIX = 3; // "version made by" high byte
+export const CREATOR_UNIX = 3; // "version made by" high byte
 const CREATOR_OSX = 19;
 const MSDOS_DIRECTORY = 0x10; // external attributes, low byte
 const S_IFMT = 0o170000;
-const S_IFDIR = 0o040000;
-const S_IFLNK = 0o120000;
+export const S_IFDIR = 0o040000;
+export const S_IFLNK = 0o120000;
 
-const SATURATED_16 = 0xffff; // a field that says "see the ZIP64 record"
-const SATURATED_32 = 0xffffffff;
+export const SATURATED_16 = 0xffff; // a field that says "see the ZIP64 record"
+export const SATURATED_32 = 0xffffffff;
 
 // Entries up to this compressed size are read and inflated whole; larger ones are streamed in pieces
 // of it, so no entry is ever whole in memory.

@@ -14,6 +14,7 @@ import { verify } from '../install.ts';
 import { compact, scan } from '../json.ts';
 import { measure, type Parts } from '../timing.ts';
 import { MAX_LOG_LINE_BYTES, describeProcess, forwardLines, killGroup, resultOf, resultTooLarge, startFailure, writeLine, type ActionResult, type Activation, type Executor, type ExecutorOptions } from './executor.ts';
+import { debug } from '../diagnostics.ts';
 
 const NEWLINE = 0x0a;
 /** How long a process that is being stopped gets between SIGTERM and SIGKILL. */
@@ -280,6 +281,7 @@ export class LoopExecutor implements Executor {
     this.forget(process);
     if (process.gone || process.stopping) return;
     process.stopping = true;
+    debug(() => `stopping loop process ${process.child.pid} (${now ? 'SIGKILL' : 'SIGTERM'}); ${this.processes.size} left in the pool`);
     if (now) {
       process.child.stdin?.destroy();
       return killGroup(process.child.pid!);
@@ -313,6 +315,7 @@ export class LoopExecutor implements Executor {
         reject(startFailure(error, logs));
       });
       if (child.pid === undefined) return;
+      debug(() => `started loop process ${child.pid}; ${this.processes.size + 1} in the pool`);
 
       const stdoutLines = forwardLines(child.stdout!, logs.stdout, false, MAX_LOG_LINE_BYTES);
       const stderrLines = forwardLines(child.stderr!, logs.stderr, false, MAX_LOG_LINE_BYTES);

@@ -1,0 +1,143 @@
+// What people deliver and how they look inside (spec/delivery.md): offline builds with `-compile`, the
+// version, PROXY_DEBUG's decision lines, the bind address. Black-box: the real proxy as a command and as
+// a server.
+
+import assert from 'node:assert/strict';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, test } from 'node:test';
+import { PROXY, ROOT, tree, withProxy, withTempDir } from './helpers.ts';
+
+const VERSION = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }).version;
+
+/** Runs the proxy as a command with `args`, `input` on stdin. */
+function proxyCommand(args: string[], input: Buffer | string = '', env: Record<string, string> = {}): { status: number | null; stdout: Buffer; stderr: string } {
+  const result = spawnSync(process.execPath, [PROXY, ...args], { input, env: { ...process.env, ...env }, maxBuffer: 1 << 28 });
+  return { status: result.status, stdout: result.stdout, stderr: result.stderr.toString() };
+}
+
+// A compiler that, as OpenWhisk's do, reads sources from $2 and writes the action into $3: it joins
+// every *.src file (in name order, from any folder) into a script, and warns on stderr.
+const COMPILER = `#!/bin/bash
+set -e
+echo "compiling $1 from $(basename "$2") into $(basename "$3") with GREETING=$GREETING" >&2
+echo "warning: this is only a warning" >&2
+{ echo '#!/bin/bash'; cat $(find "$2" -name '*.src' | sort); } > "$3/exec"
+chmod 755 "$3/exec"
+echo "$OW_EXECUTION_ENV" > "$3/exec.env"
+ln -s exec "$3/link-to-exec"
+`;
+
+describe('-compile: an offline build', { concurrency: true }, () => {
+  test('a ZIP of sources on stdin: the compiler runs with -env, stdout is a ZIP that unzip accepts, the same bytes twice, and an /init of it skips compiling', () =>
+    withTempDir(async (dir) => {
+      const compiler = join(dir, 'compile');
+      writeFileSync(compiler, COMPILER, { mode: 0o755 });
+      mkdirSync(join(dir, 'src', 'pkg'), { recursive: true });
+      writeFileSync(join(dir, 'src', 'a.src'), 'echo "{\\"greeting\\":\\"$GREETING\\",\\"pkg\\":$(cat pkg.json)}"\n');
+      writeFileSync(join(dir, 'src', 'pkg', 'b.src'), 'true\n');
+      const sources = execFileSync('zip', ['-q', '-r', '-', '.'], { cwd: join(dir, 'src') });
+      const env = { OW_COMPILER: compiler, OW_EXECUTION_ENV: 'test/runtime:1' };
+      const first = proxyCommand(['-compile', 'main', '-env', '{"GREETING":"hi"}'], sources, env);
+      assert.equal(first.status, 0, first.stderr);
+      assert.match(first.stderr, /compiling main from src into bin with GREETING=hi\nwarning: this is only a warning\n/);
+      const second = proxyCommand(['--compile=main', '--env', '{"GREETING":"hi"}'], sources, env);
+      assert.equal(second.status, 0, second.stderr);
+      assert.ok(first.stdout.equals(second.stdout), 'the same input gives the same bytes');
+      writeFileSync(join(dir, 'out.zip'), first.stdout);
+      assert.match(execFileSync('unzip', ['-t', join(dir, 'out.zip')]).toString(), /No errors detected/);
+      assert.match(execFileSync('unzip', ['-Z', join(dir, 'out.zip')]).toString(), /-rwxr-xr-x .* exec\n[^]*lrwxrwxrwx .* link-to-exec/);
+      // The compiled action initializes where the compiler is not even there.
+      await withProxy({ env: { OW_COMPILER: join(dir, 'no-such-compiler'), OW_EXECUTION_ENV: 'test/runtime:1' } }, async (proxy) => {
+        const res = await proxy.post('/init', { value: { binary: true, code: first.stdout.toString('base64'), env: { GREETING: 'from init' } } });
+        assert.equal(res.status, 200, proxy.stderr.text);
+        writeFileSync(join(proxy.dir, 'pkg.json'), '1');
+        assert.deepEqual((await proxy.post('/run', { value: {} })).json(), { greeting: 'from init', pkg: 1 });
+        assert.equal(tree(proxy.dir)['link-to-exec'], 'l->exec');
+      });
+    }));
+
+  test('a tar.gz and a single file on stdin; without OW_COMPILER the action is packaged as it is', () =>
+    withTempDir(async (dir) => {
+      mkdirSync(join(dir, 'action'));
+      writeFileSync(join(dir, 'action', 'exec'), '#!/bin/sh\necho {}\n', { mode: 0o755 });
+      symlinkSync('exec', join(dir, 'action', 'again'));
+      const tgz = proxyCommand(['-compile', 'main'], execFileSync('tar', ['-czf', '-', '-C', join(dir, 'action'), '.']));
+      assert.equal(tgz.status, 0, tgz.stderr);
+      writeFileSync(join(dir, 'tgz.zip'), tgz.stdout);
+      assert.match(execFileSync('unzip', ['-Z1', join(dir, 'tgz.zip')]).toString(), /^again\nexec\n$/);
+      const single = proxyCommand(['-compile', 'main'], '#!/bin/sh\necho {}\n');
+      assert.equal(single.status, 0, single.stderr);
+      writeFileSync(join(dir, 'single.zip'), single.stdout);
+      assert.match(execFileSync('unzip', ['-Z', join(dir, 'single.zip')]).toString(), /-rwxr-xr-x .* exec\n/);
+    }));
+
+  test('failures: exit 1 with the reason on stderr and nothing on stdout; usage errors and a terminal exit 2', () => {
+    const compilerFails = proxyCommand(['-compile', 'main'], 'source', { OW_COMPILER: '/bin/false' });
+    assert.equal(compilerFails.status, 1);
+    assert.equal(compilerFails.stdout.length, 0);
+    assert.match(compilerFails.stderr, /-compile failed: the compiler \(OW_COMPILER=\/bin\/false\) exited with code 1/);
+    const notAProgram = proxyCommand(['-compile', 'main'], 'just text');
+    assert.equal(notAProgram.status, 1);
+    assert.match(notAProgram.stderr, /no exec that is a program/);
+    const badArchive = proxyCommand(['-compile', 'main'], Buffer.from('PK\x03\x04 broken'));
+    assert.equal(badArchive.status, 1);
+    assert.match(badArchive.stderr, /-compile failed: zip: /);
+    const usage = proxyCommand(['-compile']);
+    assert.equal(usage.status, 2);
+    assert.match(usage.stderr, /-compile needs a value/);
+    // A terminal as stdout: script(1) gives the command one.
+    const terminal = spawnSync('script', ['-qec', `${process.execPath} ${PROXY} -compile main < /dev/null`, '/dev/null']);
+    assert.equal(terminal.status, 2, terminal.stdout.toString());
+    assert.match(terminal.stdout.toString(), /stdout, which is a terminal: redirect it/);
+  });
+});
+
+describe('version and diagnostics', { concurrency: true }, () => {
+  test('--version and -version print one line and exit 0; other arguments are refused', () => {
+    for (const flag of ['--version', '-version']) {
+      const result = proxyCommand([flag]);
+      assert.equal(result.status, 0);
+      assert.equal(result.stdout.toString(), `openwhisk-action-proxy ${VERSION} (node ${process.versions.node})\n`);
+    }
+    const unknown = proxyCommand(['--port', '80']);
+    assert.equal(unknown.status, 2);
+    assert.match(unknown.stderr, /Unknown arguments: --port 80/);
+  });
+
+  test('every action gets __OW_PROXY_VERSION', () =>
+    withProxy({}, async (proxy) => {
+      await proxy.post('/init', { value: { code: '#!/bin/sh\necho "{\\"version\\":\\"$__OW_PROXY_VERSION\\"}"\n' } });
+      assert.deepEqual((await proxy.post('/run', { value: {} })).json(), { version: VERSION });
+    }));
+
+  test('PROXY_DEBUG=1: proxy: lines on stderr for init steps, processes and waits; nothing on stdout; off by default', () =>
+    withProxy({ env: { PROXY_DEBUG: '1', PROXY_MAX_ACTIVATIONS: '1' } }, async (proxy) => {
+      await proxy.post('/init', { value: { binary: true, code: Buffer.from('#!/bin/sh\nsleep 0.3\necho {}\n').toString('base64') } });
+      await Promise.all([proxy.post('/run', { value: {} }), proxy.post('/run', { value: {} })]);
+      await proxy.sentinels(2);
+      const lines = proxy.stderr.text.split('\n').filter((line) => line.startsWith('proxy: '));
+      for (const expected of [/^proxy: init: the code is a program/, /^proxy: extract: [\d.]+ ms$/, /^proxy: swap: [\d.]+ ms$/, /^proxy: started action process \d+$/, /^proxy: action process \d+ exited \(code 0\)$/, /^proxy: an activation waits for a slot: 1 running, 0 waiting before it$/]) {
+        assert.ok(lines.some((line) => expected.test(line)), `${expected} in ${JSON.stringify(lines)}`);
+      }
+      assert.doesNotMatch(proxy.stdout.text, /proxy: /);
+    }));
+
+  test('PROXY_DEBUG unset: no proxy: lines', () =>
+    withProxy({}, async (proxy) => {
+      await proxy.post('/run', { value: {} });
+      await proxy.sentinels(1);
+      assert.doesNotMatch(proxy.stderr.text, /proxy: /);
+    }));
+
+  test('PROXY_HOST is the address it listens on: 127.0.0.1 only', () =>
+    withProxy({ env: { PROXY_HOST: '127.0.0.1' } }, async (proxy) => {
+      // Listening sockets on the port, from /proc/net/tcp and tcp6 (state 0A): address:port in hex.
+      const port = proxy.port.toString(16).toUpperCase().padStart(4, '0');
+      const listening = ['/proc/net/tcp', '/proc/net/tcp6'].flatMap((table) =>
+        readFileSync(table, 'utf8').split('\n').map((line) => line.trim().split(/\s+/)).filter((fields) => fields[3] === '0A' && fields[1]?.endsWith(`:${port}`)).map((fields) => fields[1]),
+      );
+      assert.deepEqual(listening, [`0100007F:${port}`]);
+    }));
+});
