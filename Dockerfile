@@ -28,11 +28,13 @@ RUN if command -v apk > /dev/null; then apk add --no-cache bash tini; fi \
  && command -v bash > /dev/null && command -v tini > /dev/null \
  && rm -rf /usr/local/lib/node_modules /usr/local/bin/npm /usr/local/bin/npx /usr/local/bin/corepack /opt/yarn* /usr/local/bin/yarn /usr/local/bin/yarnpkg
 COPY --from=build /src/dist/proxy.cjs /proxy/proxy.cjs
+COPY image/entrypoint.sh /proxy/entrypoint
 COPY action/exec /action/exec
 ENV FLASK_PROXY_PORT=8080
 EXPOSE 8080
 # tini forwards SIGTERM to the proxy, which lets running activations finish, and exits with its code.
-ENTRYPOINT ["tini", "--"]
+# /proxy/entrypoint hands arguments that start with '-' (-compile, --version) to the proxy.
+ENTRYPOINT ["tini", "--", "/proxy/entrypoint"]
 # A 2 MiB young generation: under sustained load Node 24 otherwise grows it to 2 x 64 MiB and keeps it
 # (RSS after 10,000 activations: 76-83 MiB with the flag, 158-188 MiB without; start-up within noise).
 CMD ["node", "--max-semi-space-size=2", "/proxy/proxy.cjs"]

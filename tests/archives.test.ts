@@ -9,7 +9,7 @@ import { existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 
 import { dirname, join } from 'node:path';
 import { describe, test } from 'node:test';
 import { gzipSync } from 'node:zlib';
-import { assertInitRefused, tree, withProxy, withTempDir, type RunningProxy, type Response } from './helpers.ts';
+import { assertInitRefused, peakRss, rss, tree, withProxy, withTempDir, type RunningProxy, type Response } from './helpers.ts';
 import { craftTar, paxHeader, type TarEntry } from './tarcraft.ts';
 
 const EXEC = '#!/bin/bash\necho "{\\"data\\":\\"$(cat lib/data.txt)\\"}"\n';
@@ -63,6 +63,39 @@ describe('archives by content', { concurrency: true }, () => {
         }),
       ));
   }
+
+  test('GNU tar with a hard link, npm pack\'s own .tgz, Python\'s tarfile with PAX headers', () =>
+    withTempDir(async (dir) => {
+      const root = action(dir);
+      execFileSync('ln', [join(root, 'exec'), join(root, 'exec-again')]);
+      await withProxy({}, async (proxy) => {
+        assert.equal((await initBinary(proxy, tar(root, ['-z', '-f', '-', '.']))).status, 200, proxy.stderr.text);
+        assert.equal(tree(proxy.dir)['exec-again'], 'f755');
+        assert.deepEqual((await proxy.post('/run', { value: {} })).json(), { data: 'from the archive' });
+      });
+      // npm pack: everything under package/, exec among the package's files.
+      const pkg = join(dir, 'pkg');
+      mkdirSync(pkg);
+      writeFileSync(join(pkg, 'package.json'), JSON.stringify({ name: 'packed-action', version: '1.0.0', files: ['exec'] }));
+      writeFileSync(join(pkg, 'exec'), '#!/bin/sh\necho \'{"packed":true}\'\n', { mode: 0o755 });
+      const tgz = execFileSync('npm', ['pack', '--silent', '--pack-destination', dir], { cwd: pkg }).toString().trim();
+      await withProxy({}, async (proxy) => {
+        assert.equal((await initBinary(proxy, readFileSync(join(dir, tgz)))).status, 200, proxy.stderr.text);
+        assert.deepEqual((await proxy.post('/run', { value: {} })).json(), { packed: true });
+      });
+      const python = `import io, sys, tarfile
+buf = io.BytesIO()
+with tarfile.open(fileobj=buf, mode='w:gz', format=tarfile.PAX_FORMAT) as tar:
+    for name, data, mode in [('exec', '#!/bin/sh\\ncat "${'ü'.repeat(60)}/${'x'.repeat(80)}"\\n'.encode(), 0o755), ('${'ü'.repeat(60)}/${'x'.repeat(80)}', b'{"python":true}', 0o644)]:
+        info = tarfile.TarInfo(name); info.size = len(data); info.mode = mode
+        tar.addfile(info, io.BytesIO(data))
+sys.stdout.buffer.write(buf.getvalue())
+`;
+      await withProxy({}, async (proxy) => {
+        assert.equal((await initBinary(proxy, execFileSync('python3', ['-c', python]))).status, 200, proxy.stderr.text);
+        assert.deepEqual((await proxy.post('/run', { value: {} })).json(), { python: true });
+      });
+    }));
 
   test('anything else is exec itself, mode 0755: a program delivered as it is', () =>
     withProxy({}, async (proxy) => {
@@ -159,14 +192,31 @@ const HOSTILE: Array<{ name: string; archive: () => Buffer; cause: RegExp; env?:
   { name: 'an empty code', archive: () => Buffer.alloc(0), cause: /init code is empty/ },
 ];
 
+const STUB_RESULT = { error: 'This is a stub action. Replace it with custom logic.' };
+
 describe('hostile and broken tar archives', { concurrency: true }, () => {
+  test('a gzip bomb under a small limit: 256 MiB of zeros in a 250 KiB .tar.gz, refused at the limit without the memory', () =>
+    withProxy({ env: { PROXY_ZIP_MAX_BYTES: String(8 * 2 ** 20) } }, async (proxy) => {
+      // Entries of 1 MiB each: every header declares little, together they pass the limit.
+      const zeros = Buffer.alloc(2 ** 20);
+      const bomb = gzipSync(craftTar([EXEC_ENTRY, ...Array.from({ length: 256 }, (_, i) => ({ name: `zero${i}`, data: zeros }))]), { level: 9 });
+      assert.ok(bomb.length < 400_000, `${bomb.length} bytes`);
+      await proxy.post('/run', { value: {} });
+      const idle = rss(proxy.child.pid!);
+      const before = tree(proxy.dir);
+      await assertInitRefused(proxy, await initBinary(proxy, bomb), /tar: the archive inflates to more than the limit of 8388608 bytes \(at 'zero7', which declares 1048576\)/, before);
+      const growth = peakRss(proxy.child.pid!) - idle;
+      assert.ok(growth < 40 * 2 ** 20, `peak RSS grew by ${(growth / 2 ** 20).toFixed(1)} MiB`);
+    }));
+
   for (const { name, archive, cause, env } of HOSTILE) {
     test(`${name}: 502, the cause on stderr, the action directory as it was`, () =>
       withProxy({ env }, async (proxy) => {
         const before = tree(proxy.dir);
         await assertInitRefused(proxy, await initBinary(proxy, archive()), cause, before);
         assert.ok(!existsSync(join(dirname(proxy.dir), 'outside-tar')) && !existsSync('/tmp/outside-tar') && !existsSync('/tmp/pwned'), 'nothing outside');
-        // Still open to a good init.
+        // The previous action still answers, and a good init still works.
+        assert.deepEqual((await proxy.post('/run', { value: {} })).json(), STUB_RESULT);
         assert.equal((await initBinary(proxy, gzipSync(craftTar([EXEC_ENTRY])))).status, 200, proxy.stderr.text);
         assert.deepEqual((await proxy.post('/run', { value: {} })).json(), {});
       }));

@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { PROXY, ROOT, tree, withProxy, withTempDir } from './helpers.ts';
@@ -49,7 +50,7 @@ describe('-compile: an offline build', { concurrency: true }, () => {
       assert.match(execFileSync('unzip', ['-t', join(dir, 'out.zip')]).toString(), /No errors detected/);
       assert.match(execFileSync('unzip', ['-Z', join(dir, 'out.zip')]).toString(), /-rwxr-xr-x .* exec\n[^]*lrwxrwxrwx .* link-to-exec/);
       // The compiled action initializes where the compiler is not even there.
-      await withProxy({ env: { OW_COMPILER: join(dir, 'no-such-compiler'), OW_EXECUTION_ENV: 'test/runtime:1' } }, async (proxy) => {
+      await withProxy({ env: { OW_COMPILER: '/bin/false', OW_EXECUTION_ENV: 'test/runtime:1' } }, async (proxy) => {
         const res = await proxy.post('/init', { value: { binary: true, code: first.stdout.toString('base64'), env: { GREETING: 'from init' } } });
         assert.equal(res.status, 200, proxy.stderr.text);
         writeFileSync(join(proxy.dir, 'pkg.json'), '1');
@@ -139,5 +140,10 @@ describe('version and diagnostics', { concurrency: true }, () => {
         readFileSync(table, 'utf8').split('\n').map((line) => line.trim().split(/\s+/)).filter((fields) => fields[3] === '0A' && fields[1]?.endsWith(`:${port}`)).map((fields) => fields[1]),
       );
       assert.deepEqual(listening, [`0100007F:${port}`]);
+      const refused = await new Promise<string>((resolve) => {
+        const socket = connect(proxy.port, '127.0.0.2', () => resolve('connected'));
+        socket.on('error', (error: NodeJS.ErrnoException) => resolve(error.code ?? error.message));
+      });
+      assert.equal(refused, 'ECONNREFUSED', 'another loopback address is not served');
     }));
 });

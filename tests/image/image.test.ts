@@ -107,7 +107,9 @@ describe('the image as a container', { concurrency: 2 }, () => {
 
   test('PID 1 is tini with the proxy under it; orphaned action children leave no zombies, even under --pids-limit', () =>
     withContainer(['--pids-limit', '64'], async (container) => {
-      assert.match(await container.exec('cat', '/proc/1/cmdline'), /^tini\0--\0node\0/);
+      assert.match(await container.exec('cat', '/proc/1/cmdline'), /^tini\0--\0\/proxy\/entrypoint\0node\0/);
+      // The entry point exec's the proxy: tini's child is node itself, no shell in between.
+      assert.match(await container.exec('sh', '-c', 'cat /proc/$(cat /proc/1/task/1/children | cut -d" " -f1)/cmdline'), /^node\0--max-semi-space-size=2\0\/proxy\/proxy.cjs\0$/);
       await container.post('/init', { value: { code: '#!/bin/bash\n(sleep 0.2 &)\necho "{}"\n' } });
       // 300 orphans in all, 8 at a time: with no one reaping them the 64 PIDs would run out.
       const statuses: number[] = [];
@@ -191,6 +193,20 @@ describe('the image as a container', { concurrency: 2 }, () => {
       const peak = await peakMemory(container);
       process.stderr.write(`# --memory 128m, a 63 MiB init: container cgroup peak ${peak === undefined ? 'not readable' : `${(peak / 2 ** 20).toFixed(1)} MiB`}\n`);
     }));
+
+  test('-compile from the image, as Go\'s images do it: a ZIP on stdin, a ZIP on stdout; --version', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'proxy-image-compile-'));
+    try {
+      writeFileSync(join(dir, 'exec'), '#!/bin/sh\necho {}\n', { mode: 0o755 });
+      const sources = execFileSync('zip', ['-q', '-r', '-', '.'], { cwd: dir });
+      const compiled = execFileSync(ENGINE, ['run', '-i', '--rm', ...RUNTIME, ...LIMITS, IMAGE, '-compile', 'main'], { input: sources, maxBuffer: 1 << 26 });
+      writeFileSync(join(dir, 'out.zip'), compiled);
+      assert.match(execFileSync('unzip', ['-Z', join(dir, 'out.zip')]).toString(), /-rwxr-xr-x .* exec\n/);
+      assert.match(execFileSync(ENGINE, ['run', '--rm', ...RUNTIME, ...LIMITS, IMAGE, '--version']).toString(), /^openwhisk-action-proxy \S+ \(node 24\./);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 
   test('Knative settings: PORT, __OW_RUNTIME_PLATFORM=knative and __OW_ACTION_CODE answer a web request', () =>
     withContainer(
