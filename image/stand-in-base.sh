@@ -10,7 +10,7 @@
 set -euo pipefail
 engine=$1
 name=localhost/action-proxy-base:node24
-if "$engine" image exists "$name" 2> /dev/null; then
+if "$engine" image inspect "$name" > /dev/null 2>&1; then
   echo "stand-in base $name exists" >&2
   exit 0
 fi

@@ -4,82 +4,15 @@
 // (image/stand-in-base.sh: Debian bookworm minbase + bash + tini, Node 24 from the npm registry).
 
 import assert from 'node:assert/strict';
-import { execFile, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chownSync, copyFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
-import { promisify } from 'node:util';
-import { SENTINEL, STUB, request, zipBase64, type Response } from '../helpers.ts';
+import { SENTINEL, request, zipBase64 } from '../helpers.ts';
+import { ENGINE, IMAGE, LIMITS, RUNTIME, actionVolume, engine, withContainer, type Container } from './container.ts';
 import { craftZip } from '../zipcraft.ts';
-
-const run = promisify(execFile);
-const ENGINE = process.env.PROXY_IMAGE_ENGINE ?? 'podman';
-const IMAGE = process.env.PROXY_IMAGE ?? 'localhost/action-proxy:latest';
-// runc: crun refuses this machine's hybrid cgroups; rlimits: raising them is refused here.
-const RUNTIME = ENGINE === 'podman' ? ['--runtime', 'runc'] : [];
-const LIMITS = ['--ulimit', 'nofile=1024:1024', '--ulimit', 'nproc=1024:1024'];
-
-let counter = 0;
-
-interface Container {
-  name: string;
-  port: number;
-  post(path: string, body?: string | object): Promise<Response>;
-  logs(): Promise<string>;
-  exec(...command: string[]): Promise<string>;
-}
-
-async function engine(...args: string[]): Promise<string> {
-  return (await run(ENGINE, args, { maxBuffer: 64 * 1024 * 1024 })).stdout;
-}
-
-/** Runs the image with `args` (engine options before the image), waits until it answers, removes it after. */
-async function withContainer<T>(args: string[], fn: (container: Container) => Promise<T>, options: { port?: number; image?: string } = {}): Promise<T> {
-  const name = `proxy-image-test-${process.pid}-${++counter}`;
-  const inner = options.port ?? 8080;
-  try {
-    await engine('run', '-d', '--name', name, ...RUNTIME, ...LIMITS, '-p', `127.0.0.1::${inner}`, ...args, options.image ?? IMAGE);
-    const port = Number((await engine('port', name, String(inner))).trim().split(':').pop());
-    const container: Container = {
-      name,
-      port,
-      post: (path, body) => request(port, 'POST', path, body),
-      logs: async () => {
-        const { stdout, stderr } = await run(ENGINE, ['logs', name], { maxBuffer: 64 * 1024 * 1024 });
-        return stdout + stderr;
-      },
-      exec: (...command) => engine('exec', name, ...command),
-    };
-    await untilAnswering(port);
-    return await fn(container);
-  } finally {
-    await engine('rm', '-f', '-t', '0', name).catch(() => undefined);
-  }
-}
-
-async function untilAnswering(port: number, ms = 30_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    try {
-      await request(port, 'GET', '/ready');
-      return;
-    } catch (error) {
-      if (Date.now() > deadline) throw error;
-      await new Promise((resolve) => setTimeout(resolve, 50));
-    }
-  }
-}
-
-/** A folder for /action, holding the stub, owned by `uid` (a volume the container's user can write). */
-function actionVolume(uid = 0): { dir: string; remove(): void } {
-  const dir = mkdtempSync(join(tmpdir(), 'proxy-image-action-'));
-  copyFileSync(STUB, join(dir, 'exec'));
-  chownSync(dir, uid, uid);
-  chownSync(join(dir, 'exec'), uid, uid);
-  return { dir, remove: () => rmSync(dir, { recursive: true, force: true }) };
-}
 
 /** Processes in the container that are zombies (state Z), read from /proc inside it. */
 async function zombies(container: Container): Promise<string[]> {
