@@ -29,11 +29,11 @@ export async function engine(...args: string[]): Promise<string> {
 }
 
 /** Runs the image with `args` (engine options before the image), waits until it answers, removes it after. */
-export async function withContainer<T>(args: string[], fn: (container: Container) => Promise<T>, options: { port?: number; image?: string } = {}): Promise<T> {
+export async function withContainer<T>(args: string[], fn: (container: Container) => Promise<T>, options: { port?: number; image?: string; command?: string[]; readyMs?: number } = {}): Promise<T> {
   const name = `proxy-image-test-${process.pid}-${++counter}`;
   const inner = options.port ?? 8080;
   try {
-    await engine('run', '-d', '--name', name, ...RUNTIME, ...LIMITS, '-p', `127.0.0.1::${inner}`, ...args, options.image ?? IMAGE);
+    await engine('run', '-d', '--name', name, ...RUNTIME, ...LIMITS, '-p', `127.0.0.1::${inner}`, ...args, options.image ?? IMAGE, ...(options.command ?? []));
     const port = Number((await engine('port', name, String(inner))).trim().split(':').pop());
     const container: Container = {
       name,
@@ -45,7 +45,7 @@ export async function withContainer<T>(args: string[], fn: (container: Container
       },
       exec: (...command) => engine('exec', name, ...command),
     };
-    await untilAnswering(port);
+    await untilAnswering(port, options.readyMs);
     return await fn(container);
   } finally {
     await engine('rm', '-f', '-t', '0', name).catch(() => undefined);
