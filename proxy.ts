@@ -4,7 +4,8 @@
 // runner (runner.ts) and its executors. Nothing below imports this file.
 
 import { STATUS_CODES, createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { realpathSync } from 'node:fs';
+import { accessSync, constants, mkdirSync, realpathSync } from 'node:fs';
+import { join } from 'node:path';
 import type { Socket } from 'node:net';
 import { isatty } from 'node:tty';
 import { fileURLToPath } from 'node:url';
@@ -14,6 +15,7 @@ import { ActionRunner, DEFAULT_MAX_RESULT_BYTES, DEFAULT_MAX_WAITING } from './r
 import { MESSAGES, ProxyError } from './errors.ts';
 import type { ArchiveLimits } from './archive.ts';
 import { versionLine } from './diagnostics.ts';
+import { verify } from './install.ts';
 
 // What a runtime built on the proxy needs, from one module (the bundle the image ships is one file).
 export { ProxyError } from './errors.ts';
@@ -190,6 +192,7 @@ export async function start(options: StartOptions = {}): Promise<Server> {
     });
   // Server-Timing: on for the invoker's routes unless turned off; Knative answers are public, so only on request.
   const serverTiming = config.platform === 'knative' ? config.serverTiming === true : config.serverTiming !== false;
+  if (!options.runner) checkActionDir(config.actionDir, config.platform === 'knative' && Boolean(process.env.__OW_ACTION_CODE));
   use(runner, { allowReinit: config.allowReinit, maxBodyBytes: config.maxBodyBytes, serverTiming });
   const platform = await loadPlatform(config.platform);
   await platform.prepare?.();
@@ -286,6 +289,28 @@ export async function start(options: StartOptions = {}): Promise<Server> {
     process.stdout.write(`Action proxy (${config.platform}) listening on ${config.host ?? 'every interface'}, port ${config.port}, action directory ${config.actionDir}\n`);
   }
   return server;
+}
+
+/**
+ * The action directory must exist (it is made when it doesn't) and take an init's files: else the proxy
+ * says so at start-up, naming PROXY_ACTION_DIR, instead of failing every init later. One it can't write is
+ * accepted when it already holds an executable exec (an action baked into a read-only image) and no code
+ * is to be installed from the environment, with a warning that inits will fail.
+ */
+function checkActionDir(dir: string, codeFromEnv: boolean): void {
+  const who = `this user (uid ${process.getuid?.() ?? '?'})`;
+  try {
+    mkdirSync(dir, { recursive: true });
+  } catch (error) {
+    throw new Error(`The action directory ${dir} (PROXY_ACTION_DIR) does not exist and ${who} can't make it (${(error as NodeJS.ErrnoException).code}). Set PROXY_ACTION_DIR to a folder ${who} can write.`);
+  }
+  try {
+    accessSync(dir, constants.W_OK);
+  } catch (error) {
+    const reason = `The action directory ${dir} (PROXY_ACTION_DIR) is not writable by ${who} (${(error as NodeJS.ErrnoException).code})`;
+    if (codeFromEnv || !verify(join(dir, 'exec'))) throw new Error(`${reason}: no action can be installed there. Set PROXY_ACTION_DIR to a folder ${who} can write.`);
+    process.stderr.write(`${reason}: its exec runs, and every /init will fail.\n`);
+  }
 }
 
 /** Whether this file is the program (`node dist/proxy.cjs` or `node dist/proxy.js`), not a library import. */

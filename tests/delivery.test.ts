@@ -3,12 +3,12 @@
 // a server.
 
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { chmodSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
-import { PROXY, ROOT, tree, withProxy, withTempDir } from './helpers.ts';
+import { PROXY, ROOT, eventually, tree, withProxy, withTempDir } from './helpers.ts';
 
 const VERSION = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }).version;
 
@@ -145,5 +145,47 @@ describe('version and diagnostics', { concurrency: true }, () => {
         socket.on('error', (error: NodeJS.ErrnoException) => resolve(error.code ?? error.message));
       });
       assert.equal(refused, 'ECONNREFUSED', 'another loopback address is not served');
+    }));
+});
+
+describe('the action directory is checked at start-up', { concurrency: true }, () => {
+  // As root the proxy runs as nobody, so that permissions apply.
+  const asUser = process.getuid?.() === 0 ? { uid: 65534, gid: 65534 } : {};
+
+  function startUp(dir: string, env: Record<string, string> = {}): { status: number | null; stderr: string } {
+    const result = spawnSync(process.execPath, [PROXY], { env: { ...process.env, PROXY_ACTION_DIR: dir, PORT: '0', ...env }, timeout: 3000, ...asUser });
+    return { status: result.status, stderr: result.stderr.toString() };
+  }
+
+  test('one that can\'t be made, or can\'t be written and has no exec: exit 1 naming PROXY_ACTION_DIR', () =>
+    withTempDir(async (dir) => {
+      chmodSync(dir, 0o555);
+      const missing = startUp(join(dir, 'action'));
+      assert.equal(missing.status, 1);
+      assert.match(missing.stderr, /^The action directory .*\/action \(PROXY_ACTION_DIR\) does not exist and this user \(uid \d+\) can't make it \(EACCES\)\. Set PROXY_ACTION_DIR to a folder this user \(uid \d+\) can write\.\n$/);
+      const unwritable = startUp(dir);
+      assert.equal(unwritable.status, 1);
+      assert.match(unwritable.stderr, /is not writable by this user .*: no action can be installed there\. Set PROXY_ACTION_DIR/);
+      const knative = startUp(dir, { __OW_RUNTIME_PLATFORM: 'knative', __OW_ACTION_CODE: '#!/bin/sh\necho {}' });
+      chmodSync(dir, 0o755);
+      assert.equal(knative.status, 1);
+      assert.match(knative.stderr, /\(PROXY_ACTION_DIR\) is not writable/);
+    }));
+
+  test('one that can\'t be written but holds an executable exec (a baked-in action): it runs, with a warning', () =>
+    withTempDir(async (dir) => {
+      writeFileSync(join(dir, 'exec'), '#!/bin/sh\necho \'{"baked":true}\'\n', { mode: 0o755 });
+      chmodSync(dir, 0o555);
+      const child = spawn(process.execPath, [PROXY], { env: { ...process.env, PROXY_ACTION_DIR: dir, PORT: '0' }, ...asUser });
+      try {
+        let stderr = '';
+        child.stderr.on('data', (chunk: Buffer) => (stderr += chunk));
+        assert.ok(await eventually(() => stderr.includes('every /init will fail')), stderr);
+        assert.match(stderr, /is not writable by this user .*: its exec runs, and every \/init will fail\.\n/);
+        assert.equal(child.exitCode, null, 'it keeps running');
+      } finally {
+        child.kill('SIGKILL');
+        chmodSync(dir, 0o755); // so that a non-root run can remove it
+      }
     }));
 });
