@@ -73,14 +73,9 @@ describe('dedicated mode', { concurrency: true }, () => {
       await proxy.stop();
     }
   });
-  test("the README's service.yaml: its environment runs as written", () => {
-    // The env entries of the manifest: `- name: X` then `value: ...` or `value: |` and an indented block.
-    const readme = readFileSync(join(ROOT, 'README.md'), 'utf8');
-    const yaml = readme.slice(readme.indexOf('kind: Service'), readme.indexOf('```', readme.indexOf('kind: Service')));
-    const env: Record<string, string> = {};
-    for (const match of yaml.matchAll(/- name: (\S+)\n\s+value: (?:\|\n((?:\s{16}.*\n)+)|(.*)\n)/g)) {
-      env[match[1]!] = match[2] !== undefined ? match[2].replace(/^ {16}/gm, '') : JSON.parse(match[3]!.startsWith('"') ? match[3]! : JSON.stringify(match[3]!));
-    }
+  test('deploy/knative-service.yaml (public): its environment runs as written', () => {
+    const yaml = readFileSync(join(ROOT, 'deploy', 'knative-service.yaml'), 'utf8');
+    const env = manifestEnv(yaml);
     assert.deepEqual(Object.keys(env), ['__OW_RUNTIME_PLATFORM', '__OW_ACTION_NAME', '__OW_HTTP_METHODS', 'PROXY_KNATIVE_ENVELOPES', '__OW_ACTION_CODE']);
     assert.match(yaml, /^ {6}containerConcurrency: \d+ /m);
     return withProxy({ env }, async (proxy) => {
@@ -92,6 +87,42 @@ describe('dedicated mode', { concurrency: true }, () => {
       const envelope = await proxy.request('POST', '/', { init: { code: '#!/bin/sh\necho {}' } });
       assert.equal(envelope.text, 'Hello from Knative');
     });
+  });
+});
+
+/** The env entries of a Knative manifest: `- name: X` then `value: ...` or `value: |` and an indented block. */
+function manifestEnv(yaml: string): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const match of yaml.matchAll(/- name: (\S+)\n\s+value: (?:\|\n((?:\s{16}.*\n)+)|(.*)\n)/g)) {
+    env[match[1]!] = match[2] !== undefined ? match[2].replace(/^ {16}/gm, '') : JSON.parse(match[3]!.startsWith('"') ? match[3]! : JSON.stringify(match[3]!));
+  }
+  return env;
+}
+
+describe('the deploy/ files', { concurrency: true }, () => {
+  test('deploy/knative-service-platform.yaml (a cluster-local stem cell): its environment takes an init envelope and runs it', () => {
+    const yaml = readFileSync(join(ROOT, 'deploy', 'knative-service-platform.yaml'), 'utf8');
+    assert.match(yaml, /networking\.knative\.dev\/visibility: cluster-local/);
+    const env = manifestEnv(yaml);
+    assert.equal(env.__OW_ACTION_CODE, undefined, 'a stem cell');
+    return withProxy({ env }, async (proxy) => {
+      const res = await proxy.post('/', { init: { code: HELLO }, activation: { action_name: 'hello' }, value: {} });
+      assert.equal(res.status, 200);
+      assert.deepEqual(res.json(), { payload: 'Hello World!' });
+    });
+  });
+
+  test('deploy/openwhisk-runtimes.json: a runtimes-manifest entry for the Node.js runtime and a blackbox for :skeleton', () => {
+    const manifest = JSON.parse(readFileSync(join(ROOT, 'deploy', 'openwhisk-runtimes.json'), 'utf8')) as {
+      runtimes: Record<string, Array<{ kind: string; image: { prefix: string; name: string; tag: string }; attached: { attachmentName: string; attachmentType: string } }>>;
+      blackboxes: Array<{ prefix: string; name: string; tag: string }>;
+    };
+    const [entry] = manifest.runtimes.nodejs!;
+    assert.equal(entry!.kind, 'nodejs:proxy');
+    assert.deepEqual(Object.keys(entry!.image).sort(), ['name', 'prefix', 'tag']);
+    assert.equal(entry!.image.tag, 'nodejs');
+    assert.deepEqual(entry!.attached, { attachmentName: 'codefile', attachmentType: 'text/plain' });
+    assert.deepEqual(manifest.blackboxes, [{ prefix: 'yourname', name: 'action-proxy', tag: 'skeleton' }]);
   });
 });
 
