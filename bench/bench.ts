@@ -325,6 +325,12 @@ async function main(): Promise<void> {
     rows.push(full);
     console.error(`${full.metric}: ${full.value} ${full.unit} (floor ${full.floor}, ${full.ratio}x, target ${target(full) || 'none'})`);
   };
+  // BENCH_ONLY=runtimes: only the Node.js runtime beside openwhisk-runtime-nodejs (results.json untouched).
+  if (process.env.BENCH_ONLY === 'runtimes') {
+    await nodejsRuntimes(add);
+    console.log(table(rows));
+    return;
+  }
 
   // Start-up: interleaved so that machine noise hits all alike.
   const node: number[] = [];
@@ -388,6 +394,7 @@ async function main(): Promise<void> {
   add({ metric: `throughput against ${CLIENTS} parallel direct spawns (reference)`, value: median(throughput), unit: 'runs/s', floor: median(throughputDirect), floorName: `${CLIENTS} parallel direct spawns` });
 
   await loopMode(add, direct);
+  await nodejsRuntimes(add);
 
   // Memory: idle after init against a bare node:http server; after the same load, against the spawn floor
   // after it (the throughput runs above were the same for both).
@@ -503,6 +510,87 @@ async function loopMode(add: (row: Omit<Row, 'ratio'>) => void, direct: () => Pr
   for (const agent of agents) agent.destroy();
   await floor.stop();
   await loopProxy.stop();
+}
+
+// openwhisk-runtime-nodejs listens on 8080 whatever it is told: this preload moves it to FLASK_PROXY_PORT.
+const PORT_PRELOAD = `
+const http = require('http');
+const listen = http.Server.prototype.listen;
+http.Server.prototype.listen = function (port, ...rest) { return listen.call(this, port === 8080 ? Number(process.env.FLASK_PROXY_PORT) : port, ...rest); };
+`;
+
+/** The resident memory of a process and its children (the loop mode's action processes), in bytes. */
+function treeRss(pid: number): number {
+  let children: number[] = [];
+  try {
+    children = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+  } catch {
+    // gone
+  }
+  return rss(pid) + children.reduce((total, child) => total + treeRss(child), 0);
+}
+
+/**
+ * The Node.js runtime built on the proxy (examples/nodejs: loop mode, its compile and launcher) beside
+ * openwhisk-runtime-nodejs (its core/nodejsActionBase, from the checkout OW_RUNTIME_NODEJS names, with
+ * that folder's dependencies installed) on the same JS action: cold start (process start → init → first
+ * answer), warm p50 and p99, throughput with 8 clients, memory of the whole process tree idle and after
+ * the load. Skipped, and said, without the checkout.
+ */
+async function nodejsRuntimes(add: (row: Omit<Row, 'ratio'>) => void): Promise<void> {
+  const checkout = process.env.OW_RUNTIME_NODEJS;
+  const app = checkout && join(checkout, 'core', 'nodejsActionBase');
+  if (!app || !existsSync(join(app, 'node_modules', 'express'))) {
+    console.error('Node.js runtime rows skipped: OW_RUNTIME_NODEJS does not name a checkout of apache/openwhisk-runtime-nodejs with core/nodejsActionBase\'s dependencies installed');
+    return;
+  }
+  const preload = join(mkdtempSync(join(tmpdir(), 'proxy-bench-preload-')), 'port.cjs');
+  writeFileSync(preload, PORT_PRELOAD);
+  const init = JSON.stringify({ value: { code: 'function main(params) { return { greeting: "hello " + (params.name || "world") }; }', main: 'main' } });
+  const run = '{"value":{"name":"you"}}';
+  const start = {
+    ours: () => spawnProxy({ PROXY_ACTION_LOOP: '1', OW_WAIT_FOR_ACK: '1', OW_COMPILER: join(ROOT, 'examples', 'nodejs', 'bin', 'compile') }),
+    theirs: () => spawnProxy({ __OW_ALLOW_CONCURRENT: 'true' }, [process.execPath, '-r', preload, join(app, 'app.js')]),
+  };
+  const cold = { ours: [] as number[], theirs: [] as number[] };
+  for (let i = 0; i < REPEAT; i++) {
+    for (const name of ['ours', 'theirs'] as const) {
+      const begin = now();
+      const server = await start[name]();
+      const initialized = await postWhenUp(server.port, '/init', init);
+      const answer = await post(server.port, '/run', run, false);
+      cold[name].push(now() - begin);
+      if (initialized.status !== 200 || answer.status !== 200) throw new Error(`${name}: ${initialized.text} ${answer.text}`);
+      await server.stop();
+    }
+  }
+  add({ metric: 'Node.js runtime: cold start (spawn → init → first run)', value: median(cold.ours), unit: 'ms', floor: median(cold.theirs), floorName: 'openwhisk-runtime-nodejs', limit: 1 });
+  const servers = { ours: await start.ours(), theirs: await start.theirs() };
+  const agents = { ours: new Agent({ keepAlive: true, maxSockets: CLIENTS }), theirs: new Agent({ keepAlive: true, maxSockets: CLIENTS }) };
+  const once = { ours: () => post(servers.ours.port, '/run', run, agents.ours), theirs: () => post(servers.theirs.port, '/run', run, agents.theirs) };
+  for (const name of ['ours', 'theirs'] as const) await postWhenUp(servers[name].port, '/init', init);
+  const idle = { ours: treeRss(servers.ours.child.pid!), theirs: treeRss(servers.theirs.child.pid!) };
+  await timed(200, once.ours);
+  await timed(200, once.theirs);
+  const warm = { ours: [] as number[], theirs: [] as number[] };
+  for (let i = 0; i < WARM_RUNS; i++) {
+    warm.ours.push(...(await timed(1, once.ours)));
+    warm.theirs.push(...(await timed(1, once.theirs)));
+  }
+  add({ metric: 'Node.js runtime: warm /run p50, keep-alive', value: median(warm.ours), unit: 'ms', floor: median(warm.theirs), floorName: 'openwhisk-runtime-nodejs', limit: 1 });
+  add({ metric: 'Node.js runtime: warm /run p99, keep-alive', value: percentile(warm.ours, 99), unit: 'ms', floor: percentile(warm.theirs, 99), floorName: 'openwhisk-runtime-nodejs' });
+  add({ metric: 'Node.js runtime: RSS idle after init (the process tree)', value: idle.ours / 2 ** 20, unit: 'MiB', floor: idle.theirs / 2 ** 20, floorName: 'openwhisk-runtime-nodejs' });
+  await settle();
+  add({ metric: `Node.js runtime: RSS after ${WARM_RUNS + 200} activations, one client (the process tree)`, value: treeRss(servers.ours.child.pid!) / 2 ** 20, unit: 'MiB', floor: treeRss(servers.theirs.child.pid!) / 2 ** 20, floorName: 'openwhisk-runtime-nodejs', limit: 1 });
+  // Concurrent activations: that runtime takes them with __OW_ALLOW_CONCURRENT (as OpenWhisk sets it for
+  // --concurrency above 1) in its one process; the loop mode gives each a process of its own.
+  const throughput = { ours: await rate(THROUGHPUT_RUNS, CLIENTS, once.ours), theirs: await rate(THROUGHPUT_RUNS, CLIENTS, once.theirs) };
+  add({ metric: 'Node.js runtime: throughput, 8 keep-alive clients', value: throughput.ours, unit: 'runs/s', floor: throughput.theirs, floorName: 'openwhisk-runtime-nodejs' });
+  agents.ours.destroy();
+  agents.theirs.destroy();
+  await servers.ours.stop();
+  await servers.theirs.stop();
+  rmSync(dirname(preload), { recursive: true, force: true });
 }
 
 function table(rows: Row[]): string {
