@@ -106,7 +106,8 @@ function freePort(): Promise<number> {
 
 function post(port: number, path: string, body: string | Buffer, agent: Agent | false): Promise<{ status: number; text: string }> {
   return new Promise((resolve, reject) => {
-    const req = request({ host: '127.0.0.1', port, path, method: 'POST', agent, headers: { 'Content-Length': Buffer.byteLength(body) } }, (res) => {
+    // A JSON Content-Type: openwhisk-runtime-nodejs (express) reads nothing else.
+    const req = request({ host: '127.0.0.1', port, path, method: 'POST', agent, headers: { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body) } }, (res) => {
       let text = '';
       res.setEncoding('utf8');
       res.on('data', (chunk: string) => (text += chunk));
