@@ -36,7 +36,7 @@ function tar(cwd: string, args: string[]): Buffer {
   return execFileSync('tar', ['-c', ...args], { cwd, maxBuffer: 1 << 30 });
 }
 
-describe('archives by content', { concurrency: true }, () => {
+describe('archives by content', { concurrency: 4 }, () => {
   const cases: Array<[string, (dir: string) => Buffer]> = [
     ['a .tar.gz of the contents (tar -czf)', (dir) => tar(action(dir), ['-z', '-f', '-', '.'])],
     ['a plain tar (ustar)', (dir) => tar(action(dir), ['--format=ustar', '-f', '-', 'exec', 'lib', 'private', 'data-link'])],
@@ -194,7 +194,7 @@ const HOSTILE: Array<{ name: string; archive: () => Buffer; cause: RegExp; env?:
 
 const STUB_RESULT = { error: 'This is a stub action. Replace it with custom logic.' };
 
-describe('hostile and broken tar archives', { concurrency: true }, () => {
+describe('hostile and broken tar archives', { concurrency: 4 }, () => {
   test('a gzip bomb under a small limit: 256 MiB of zeros in a 250 KiB .tar.gz, refused at the limit without the memory', () =>
     withProxy({ env: { PROXY_ZIP_MAX_BYTES: String(8 * 2 ** 20) } }, async (proxy) => {
       // Entries of 1 MiB each: every header declares little, together they pass the limit.
