@@ -141,8 +141,11 @@ function padding(size: number): number {
  * Throws the first thing wrong; the caller owns `dir` and removes it.
  */
 export async function extractTar(input: Readable, gzipped: boolean, dir: string, limits: ArchiveLimits): Promise<void> {
-  // Large pieces: zlib works in the thread pool, and each piece is a round trip to it.
-  const stream = gzipped ? input.pipe(createGunzip({ chunkSize: PIECE })) : input;
+  // Large pieces: zlib works in the thread pool, and each piece is a round trip to it; and room for four
+  // inflated pieces, so that inflating goes on while the main thread writes files (measured on the bench's
+  // archive: extraction 270-316 -> 233-278 ms).
+  const options = { chunkSize: PIECE, readableHighWaterMark: 4 * PIECE };
+  const stream = gzipped ? input.pipe(createGunzip(options)) : input;
   if (gzipped) input.on('error', (error) => stream.destroy(error));
   const blocks = new Blocks(stream);
   try {
