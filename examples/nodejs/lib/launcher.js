@@ -11,7 +11,6 @@
 'use strict';
 const fs = require('node:fs');
 const path = require('node:path');
-const readline = require('node:readline');
 
 /**
  * The action's function. A script is run as that runtime evaluates one: `main` is a function of its own
@@ -42,36 +41,58 @@ function serialize(value) {
   return value;
 }
 
-async function main() {
+/** Runs one activation line: its env, the action, the answer on fd 3 (awaited only for a Promise). */
+function activate(action, line, answer) {
+  const message = JSON.parse(line);
+  for (const key of Object.keys(message)) {
+    const value = message[key];
+    if (key !== 'value' && typeof value === 'string') process.env[`__OW_${key.toUpperCase()}`] = value;
+  }
+  let result;
+  try {
+    result = action(message.value ?? {});
+  } catch (error) {
+    console.error(error);
+    return answer({ error: `An error has occurred: ${error}` });
+  }
+  if (!(result instanceof Promise) && typeof result?.then !== 'function') return answer(result === undefined ? {} : result);
+  return Promise.resolve(result).then(
+    (value) => answer(value === undefined ? {} : value),
+    (error) => {
+      console.error(error);
+      answer({ error: error ? serialize(error) : {} });
+    },
+  );
+}
+
+function main() {
   const [target, name = 'main'] = process.argv.slice(2);
   const action = load(path.resolve(target), name);
   if (typeof action !== 'function') throw new Error(`Action entrypoint '${name}' is not a function.`);
-  const answer = (result) => fs.writeSync(3, `${JSON.stringify(result)}\n`);
+  const answer = (result) => void fs.writeSync(3, `${JSON.stringify(result)}\n`);
   if (process.env.__OW_WAIT_FOR_ACK) answer({ ok: true });
-  for await (const line of readline.createInterface({ input: process.stdin, crlfDelay: Infinity })) {
-    const message = JSON.parse(line);
-    for (const [key, value] of Object.entries(message)) {
-      if (key !== 'value' && typeof value === 'string') process.env[`__OW_${key.toUpperCase()}`] = value;
+  // One line per activation, one at a time: lines that arrive while a Promise is pending wait their turn.
+  let held = '';
+  let busy = Promise.resolve();
+  process.stdin.setEncoding('utf8');
+  process.stdin.on('data', (chunk) => {
+    held += chunk;
+    for (let end = held.indexOf('\n'); end !== -1; end = held.indexOf('\n')) {
+      const line = held.slice(0, end);
+      held = held.slice(end + 1);
+      busy = busy
+        .then(() => activate(action, line, answer))
+        .catch((error) => {
+          console.error(error);
+          answer({ error: `An error has occurred: ${error}` });
+        });
     }
-    let result;
-    try {
-      result = action(message.value ?? {});
-    } catch (error) {
-      console.error(error);
-      answer({ error: `An error has occurred: ${error}` });
-      continue;
-    }
-    try {
-      result = await result;
-      answer(result === undefined ? {} : result);
-    } catch (error) {
-      console.error(error);
-      answer({ error: error ? serialize(error) : {} });
-    }
-  }
+  });
 }
 
-main().catch((error) => {
+try {
+  main();
+} catch (error) {
   console.error(error);
   process.exit(1);
-});
+}
