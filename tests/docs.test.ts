@@ -7,7 +7,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { describe, test } from 'node:test';
-import { ROOT, startProxy, withTempDir, type RunningProxy } from './helpers.ts';
+import { PROXY, ROOT, startProxy, withTempDir, type RunningProxy } from './helpers.ts';
 
 const README = readFileSync(join(ROOT, 'README.md'), 'utf8');
 
@@ -42,9 +42,11 @@ function steps(block: string): Step[] {
 }
 
 /** Runs each step in `cwd` with bash, the proxy's port for 8080, and checks what it prints. */
-function runSteps(proxy: RunningProxy, list: Step[], cwd: string): void {
+function runSteps(proxy: RunningProxy | undefined, list: Step[], cwd: string): void {
   for (const { command, expected } of list) {
-    const output = execFileSync('bash', ['-c', command.replaceAll('localhost:8080', `127.0.0.1:${proxy.port}`)], { cwd, env: { ...process.env, NODE_EXTRA_CA_CERTS: '' } }).toString();
+    // The page's own addresses and paths, here: the proxy's port, this checkout's bundle.
+    const here = command.replaceAll('localhost:8080', `127.0.0.1:${proxy?.port ?? 8080}`).replaceAll(' dist/proxy.cjs', ` ${PROXY}`);
+    const output = execFileSync('bash', ['-c', here], { cwd, env: { ...process.env, NODE_EXTRA_CA_CERTS: '' } }).toString();
     if (expected !== undefined) assert.equal(output.trim(), expected, `the README's output for: ${command}`);
   }
 }
@@ -100,6 +102,14 @@ describe('docs/', { concurrency: true }, () => {
 
   test('the Knative page\'s local example runs as the page says', () =>
     runExample(readFileSync(join(ROOT, 'docs', 'knative.md'), 'utf8'), 'Try it locally', ['__OW_RUNTIME_PLATFORM', '__OW_HTTP_METHODS', '__OW_ACTION_CODE']));
+
+  test('the protocol page\'s -compile example runs as the page says', () =>
+    withTempDir(async (cwd) => {
+      const [block] = shellBlocks(readFileSync(join(ROOT, 'docs', 'protocol.md'), 'utf8'), 'Offline builds: `-compile`').slice(1);
+      const list = steps(block!);
+      assert.equal(list.filter((step) => step.expected !== undefined).length, 2);
+      runSteps(undefined, list, cwd);
+    }));
 
   test('the runtimes page shows each example\'s Dockerfile word for word', () => {
     const page = readFileSync(join(ROOT, 'docs', 'images-and-runtimes.md'), 'utf8');
