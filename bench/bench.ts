@@ -253,6 +253,15 @@ function rss(pid: number): number {
   return Number(/VmRSS:\s+(\d+) kB/.exec(status)![1]) * 1024;
 }
 
+/**
+ * A process's anonymous memory (`Anonymous` in smaps_rollup), in bytes: what each container of the same
+ * image adds on a host, the pages of the `node` binary being shared through the page cache.
+ */
+function anonymous(pid: number): number {
+  const rollup = readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
+  return Number(/^Anonymous:\s+(\d+) kB/m.exec(rollup)![1]) * 1024;
+}
+
 async function settle(ms = 500): Promise<void> {
   await new Promise((resolve) => setTimeout(resolve, ms));
 }
@@ -359,6 +368,7 @@ async function main(): Promise<void> {
   await postWhenUp(floor.port, '/run', '{"value":{}}');
   await settle();
   const idleRss = rss(proxy.child.pid!);
+  const idleAnonymous = anonymous(proxy.child.pid!);
   const keepAlive = new Agent({ keepAlive: true, maxSockets: CLIENTS });
   const floorAgent = new Agent({ keepAlive: true, maxSockets: CLIENTS });
   const run = (agent: Agent | false) => () => post(proxy.port, '/run', '{"value":{}}', agent);
@@ -403,14 +413,17 @@ async function main(): Promise<void> {
   await postWhenUp(bare.port, '/', '');
   await settle();
   const bareRss = rss(bare.child.pid!);
+  const bareAnonymous = anonymous(bare.child.pid!);
   await bare.stop();
   add({ metric: 'RSS idle after init', value: idleRss / 2 ** 20, unit: 'MiB', floor: bareRss / 2 ** 20, floorName: 'bare node:http server', limit: 1.15 });
+  add({ metric: 'anonymous memory idle after init', value: idleAnonymous / 2 ** 20, unit: 'MiB', floor: bareAnonymous / 2 ** 20, floorName: 'bare node:http server' });
   await rate(SOAK_RUNS, CLIENTS, run(keepAlive));
   await rate(SOAK_RUNS, CLIENTS, floorRun);
   await settle();
   const soakRss = rss(proxy.child.pid!);
   const floorSoakRss = rss(floor.child.pid!);
   add({ metric: `RSS after ${SOAK_RUNS} activations`, value: soakRss / 2 ** 20, unit: 'MiB', floor: floorSoakRss / 2 ** 20, floorName: 'spawn floor after the same load', limit: 1.05 });
+  add({ metric: `anonymous memory after ${SOAK_RUNS} activations`, value: anonymous(proxy.child.pid!) / 2 ** 20, unit: 'MiB', floor: anonymous(floor.child.pid!) / 2 ** 20, floorName: 'spawn floor after the same load' });
   // Growth that stays after the process is idle again would be a leak; V8's young generation is not.
   await settle(IDLE_AGAIN_MS);
   add({ metric: `RSS ${IDLE_AGAIN_MS / 1000} s after the last activation (reference)`, value: rss(proxy.child.pid!) / 2 ** 20, unit: 'MiB', floor: rss(floor.child.pid!) / 2 ** 20, floorName: 'spawn floor, as long after' });
@@ -482,6 +495,9 @@ async function loopMode(add: (row: Omit<Row, 'ratio'>) => void, direct: () => Pr
   if (init.status !== 200) throw new Error(`loop init failed: ${init.text}`);
   const floor = await spawnProxy({ LOOP: TRIVIAL_LOOP.split('\n').slice(1).join('\n') }, [process.execPath, '-e', LOOP_FLOOR_SERVER]);
   await postWhenUp(floor.port, '/run', '{"value":{}}');
+  await post(loopProxy.port, '/run', '{"value":{}}', false);
+  await settle();
+  add({ metric: 'loop mode: anonymous memory idle after init', value: anonymous(loopProxy.child.pid!) / 2 ** 20, unit: 'MiB', floor: anonymous(floor.child.pid!) / 2 ** 20, floorName: 'smallest Node loop proxy' });
   const agents = [new Agent({ keepAlive: true, maxSockets: CLIENTS }), new Agent({ keepAlive: true, maxSockets: CLIENTS })];
   const ours = () => post(loopProxy.port, '/run', '{"value":{}}', agents[0]!);
   const theirs = () => post(floor.port, '/run', '{"value":{}}', agents[1]!);
@@ -508,6 +524,10 @@ async function loopMode(add: (row: Omit<Row, 'ratio'>) => void, direct: () => Pr
   }
   add({ metric: `loop mode: throughput, ${CLIENTS} keep-alive clients`, value: median(throughput), unit: 'runs/s', floor: median(spawns), floorName: `${CLIENTS} parallel direct spawns`, limit: 8, higherIsBetter: true });
   add({ metric: `loop mode: throughput of the smallest loop proxy (reference)`, value: median(floorThroughput), unit: 'runs/s', floor: median(spawns), floorName: `${CLIENTS} parallel direct spawns` });
+  // Memory after that load: the proxy process against the floor's, their action processes aside.
+  await settle();
+  add({ metric: 'loop mode: RSS after the load', value: rss(loopProxy.child.pid!) / 2 ** 20, unit: 'MiB', floor: rss(floor.child.pid!) / 2 ** 20, floorName: 'smallest Node loop proxy after the same load' });
+  add({ metric: 'loop mode: anonymous memory after the load', value: anonymous(loopProxy.child.pid!) / 2 ** 20, unit: 'MiB', floor: anonymous(floor.child.pid!) / 2 ** 20, floorName: 'smallest Node loop proxy after the same load', limit: 1.15 });
   for (const agent of agents) agent.destroy();
   await floor.stop();
   await loopProxy.stop();
