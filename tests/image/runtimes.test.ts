@@ -93,6 +93,15 @@ describe(':python, as OpenWhisk\'s Python runtime answers', { concurrency: 2 }, 
         }),
     ));
 
+  test('a .tar.gz with __main__.py', () => {
+    const made = folder({ '__main__.py': 'def main(args):\n    return {"from": "a tarball"}\n' });
+    const code = execFileSync('tar', ['-czf', '-', '-C', made.dir, '.']).toString('base64');
+    made.remove();
+    return withAction(TAG('python'), { code, binary: true }, async (container) => {
+      assert.deepEqual((await container.post('/run', { value: {} })).json(), { from: 'a tarball' });
+    });
+  });
+
   test('a virtualenv/ in the archive: its packages import', () =>
     zipOf(
       {
