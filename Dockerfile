@@ -30,6 +30,15 @@ RUN if command -v apk > /dev/null; then apk add --no-cache bash tini; fi \
 COPY --from=build /src/dist/proxy.cjs /proxy/proxy.cjs
 COPY image/entrypoint.sh /proxy/entrypoint
 COPY action/exec /action/exec
+# V8's compile cache of the proxy (Node 22.1+), made here by what a cold start runs: the proxy starts,
+# answers a /run and exits. Node reads it at every start and never needs to write it (the root may be
+# read-only): the first answer comes 3-6 ms sooner on Node 24 (of about 50). Node keys the cache by user:
+# it is root's, the image's user; a container run as another user starts without it, as before.
+ENV NODE_COMPILE_CACHE=/proxy/compile-cache
+RUN node --max-semi-space-size=2 /proxy/proxy.cjs & proxy=$! \
+ && node -e "const go = () => require('http').request({ port: 8080, method: 'POST', path: '/run' }, (r) => r.resume().on('end', () => process.exit())).on('error', () => setTimeout(go, 20)).end('{}'); go();" \
+ && kill -TERM $proxy && wait $proxy \
+ && ls /proxy/compile-cache/*/ > /dev/null
 ENV FLASK_PROXY_PORT=8080
 EXPOSE 8080
 # tini forwards SIGTERM to the proxy, which lets running activations finish, and exits with its code.

@@ -141,6 +141,12 @@ describe('the image as a container', { concurrency: 2 }, () => {
     }
   });
 
+  test('the compile cache baked into the image is what a start reads, with a read-only root', () =>
+    withContainer(['--read-only', '-e', 'NODE_DEBUG_NATIVE=COMPILE_CACHE'], async (container) => {
+      assert.equal((await container.post('/run', { value: {} })).status, 200);
+      assert.match(await container.logs(), /V8 code cache for CommonJS \/proxy\/proxy\.cjs was accepted/);
+    }));
+
   test('Knative settings: PORT, __OW_RUNTIME_PLATFORM=knative and __OW_ACTION_CODE answer a web request', () =>
     withContainer(
       ['-e', 'PORT=9090', '-e', '__OW_RUNTIME_PLATFORM=knative', '-e', '__OW_HTTP_METHODS=GET', '-e', `__OW_ACTION_CODE=#!/bin/sh\necho '{"headers":{"content-type":"text/plain"},"body":"hello from knative"}'`],
