@@ -7,7 +7,7 @@ import { isAscii, isUtf8 } from 'node:buffer';
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import { CLIENT_CLOSED, MESSAGES, ProxyError } from './errors.ts';
 import { TooManyMembers, isTooDeep, membersOf, scan, type Member, type Scanned } from './json.ts';
-import type { ActionResult } from './executors/executor.ts';
+import { Cancellation, type ActionResult, type CancelSignal } from './executors/executor.ts';
 import type { ActionRunner, RunMessage } from './runner.ts';
 import { CodeFinder } from './initbody.ts';
 import { serverTiming, type Timing } from './timing.ts';
@@ -95,7 +95,7 @@ export function init(read: () => Promise<Map<string, Member>>, timing?: Timing):
 /** A request's claim on an activation slot, and the signal that its client went away. */
 export interface Admission {
   /** Aborts when the client closes the connection before its answer was sent. */
-  signal: AbortSignal;
+  signal: CancelSignal;
   /** Gives the slot back; later calls do nothing. */
   release(): void;
   /** It waited in line, its body unread (so a client that left then could not be noticed). */
@@ -111,16 +111,16 @@ export interface Admission {
  * Throws the 503 of a full line, or CLIENT_CLOSED.
  */
 export async function admit(res: ServerResponse): Promise<Admission> {
-  const cancel = new AbortController();
+  const cancel = new Cancellation();
   res.once('close', () => {
     if (!res.writableFinished) cancel.abort();
   });
   const waited = !runner.hasFreeSlot();
-  const release = await runner.admit(cancel.signal);
-  cancel.signal.addEventListener('abort', release, { once: true });
+  const release = await runner.admit(cancel);
+  cancel.addEventListener('abort', release);
   const socket = res.socket;
-  const gone = (): boolean => cancel.signal.aborted || !socket || socket.destroyed || socket.readableEnded;
-  return { signal: cancel.signal, release, waited, gone };
+  const gone = (): boolean => cancel.aborted || !socket || socket.destroyed || socket.readableEnded;
+  return { signal: cancel, release, waited, gone };
 }
 
 /**

@@ -6,7 +6,7 @@
 
 import { join, resolve } from 'node:path';
 import { CLIENT_CLOSED, MESSAGES, ProxyError } from './errors.ts';
-import type { ActionResult, Activation, Executor, ExecutorOptions, Logs } from './executors/executor.ts';
+import type { ActionResult, Activation, CancelSignal, Executor, ExecutorOptions, Logs } from './executors/executor.ts';
 import { LoopExecutor, StartFailed } from './executors/loop.ts';
 import { ProcessExecutor } from './executors/process.ts';
 import { install, verify, verifyOrThrow } from './install.ts';
@@ -205,7 +205,7 @@ export class ActionRunner {
    * called more than once. An abort of `signal` while waiting leaves the line (CLIENT_CLOSED); a full
    * line (PROXY_MAX_WAITING) is a 503 at once.
    */
-  admit(signal?: AbortSignal): Promise<() => void> {
+  admit(signal?: CancelSignal): Promise<() => void> {
     if (this.hasFreeSlot()) {
       this.running++;
       return Promise.resolve(this.releaser());
@@ -269,7 +269,7 @@ export class ActionRunner {
    * Runs one activation in a slot the caller holds (admit()); resolves with its result or rejects with
    * a ProxyError. An abort of `signal` stops it (CLIENT_CLOSED with MESSAGES.cancelled).
    */
-  async run(message: RunMessage, parts?: Parts, signal?: AbortSignal): Promise<ActionResult> {
+  async run(message: RunMessage, parts?: Parts, signal?: CancelSignal): Promise<ActionResult> {
     const activation: Activation = { ...message, env: this.activationEnv(message.fields) };
     return measure(parts, 'action', () => this.executor.run(activation, signal));
   }

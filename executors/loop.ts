@@ -13,7 +13,7 @@ import { CLIENT_CLOSED, MESSAGES, ProxyError } from '../errors.ts';
 import { verify } from '../install.ts';
 import { compact, scan } from '../json.ts';
 import { measure, type Parts } from '../timing.ts';
-import { MAX_LOG_LINE_BYTES, describeProcess, forwardLines, killGroup, resultOf, resultTooLarge, startFailure, writeLine, type ActionResult, type Activation, type Executor, type ExecutorOptions } from './executor.ts';
+import { MAX_LOG_LINE_BYTES, describeProcess, forwardLines, killGroup, resultOf, resultTooLarge, startFailure, writeLine, type ActionResult, type Activation, type CancelSignal, type Executor, type ExecutorOptions } from './executor.ts';
 import { debug } from '../diagnostics.ts';
 
 const NEWLINE = 0x0a;
@@ -99,7 +99,7 @@ export class LoopExecutor implements Executor {
     this.release(started);
   }
 
-  async run(activation: Activation, signal?: AbortSignal): Promise<ActionResult> {
+  async run(activation: Activation, signal?: CancelSignal): Promise<ActionResult> {
     const message = messageLine(activation);
     for (let attempt = 0; ; attempt++) {
       const process = await this.take();
@@ -160,7 +160,7 @@ export class LoopExecutor implements Executor {
   }
 
   /** Sends one message and waits for the answer line; the process goes back to the pool after. */
-  private exchange(process: LoopProcess, message: Buffer[], signal?: AbortSignal): Promise<ActionResult> {
+  private exchange(process: LoopProcess, message: Buffer[], signal?: CancelSignal): Promise<ActionResult> {
     const { maxResultBytes } = this.options;
     const logs = this.options.logs();
     // What it wrote on fd 3 since its last answer, without a newline, is not the start of this one.

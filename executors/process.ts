@@ -5,7 +5,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { CLIENT_CLOSED, MESSAGES, ProxyError } from '../errors.ts';
 import { verify } from '../install.ts';
-import { MAX_LOG_LINE_BYTES, describeProcess, forwardLines, groupAlive, killGroup, resultOf, startFailure, trim, writeLine, type ActionResult, type Activation, type Executor, type ExecutorOptions } from './executor.ts';
+import { MAX_LOG_LINE_BYTES, describeProcess, forwardLines, groupAlive, killGroup, resultOf, startFailure, trim, writeLine, type ActionResult, type Activation, type CancelSignal, type Executor, type ExecutorOptions } from './executor.ts';
 import { debug } from '../diagnostics.ts';
 
 // linux/binfmts.h MAX_ARG_STRLEN is 32 pages (131072 bytes) including the terminating NUL; it bounds
@@ -47,7 +47,7 @@ export class ProcessExecutor implements Executor {
     return [...this.running.values()];
   }
 
-  run(activation: Activation, signal?: AbortSignal): Promise<ActionResult> {
+  run(activation: Activation, signal?: CancelSignal): Promise<ActionResult> {
     // An init is putting new files in place: they run once it has committed them.
     const uncommitted = this.options.uncommitted();
     if (uncommitted) return uncommitted.then(() => this.run(activation, signal));
