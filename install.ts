@@ -157,6 +157,8 @@ const BASE64_ERROR = 'init code is not valid base64 (binary: true needs base64 o
  * base64 in it is refused.
  */
 function decodeBase64(code: string | Buffer[], fd: number): void {
+  // Text as latin1 bytes: anything past ASCII can't be base64, and latin1 would fold it into letters.
+  if (typeof code === 'string' && !/^[\x00-\x7f]*$/.test(code)) throw new Error(BASE64_ERROR);
   const pieces = typeof code === 'string' ? [Buffer.from(/\s/.test(code) ? code.replace(/\s+/g, '') : code, 'latin1')] : code;
   // Each group of 4 characters decodes on its own: what is left of a piece goes with the next. The
   // bytes go through one scratch buffer: decoding leaves no garbage the size of the code behind.

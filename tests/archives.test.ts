@@ -195,6 +195,12 @@ const HOSTILE: Array<{ name: string; archive: () => Buffer; cause: RegExp; env?:
 const STUB_RESULT = { error: 'This is a stub action. Replace it with custom logic.' };
 
 describe('hostile and broken tar archives', { concurrency: 4 }, () => {
+  test('base64 with characters past ASCII (which latin1 would fold into letters): refused as not base64', () =>
+    withProxy({}, async (proxy) => {
+      const before = tree(proxy.dir);
+      await assertInitRefused(proxy, await proxy.post('/init', { value: { binary: true, code: 'IyEvYmluL3NoCmVjaG8ge30K\u0141\u0142==' } }), /init code is not valid base64/, before);
+    }));
+
   test('a gzip bomb under a small limit: 256 MiB of zeros in a 250 KiB .tar.gz, refused at the limit without the memory', () =>
     withProxy({ env: { PROXY_ZIP_MAX_BYTES: String(8 * 2 ** 20) } }, async (proxy) => {
       // Entries of 1 MiB each: every header declares little, together they pass the limit.
