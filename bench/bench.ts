@@ -41,6 +41,10 @@ require('http').createServer((req, res) => {
   let body = '';
   req.on('data', (chunk) => (body += chunk));
   req.on('end', () => {
+    if (req.url === '/init') {
+      require('fs').writeFileSync(process.env.PROXY_ACTION_DIR + '/exec', JSON.parse(body).value.code, { mode: 0o755 });
+      return res.end('OK');
+    }
     const child = spawn(process.env.PROXY_ACTION_DIR + '/exec', ['{}'], { cwd: process.env.PROXY_ACTION_DIR, stdio: 'pipe' });
     let out = '';
     child.stdin.on('error', () => {}); // EPIPE: the action need not read its input
@@ -197,10 +201,12 @@ async function coldTime(): Promise<{ total: number; init: number; run: number }>
 }
 
 /** The floor's cold start: spawn to its first answered request (it needs no init). */
+/** The spawn floor's cold start as an OpenWhisk container has it: spawn → its /init → its first run. */
 async function floorColdTime(): Promise<number> {
   const start = now();
   const floor = await spawnFloor();
-  const run = await postWhenUp(floor.port, '/run', '{"value":{}}');
+  await postWhenUp(floor.port, '/init', initBody(TRIVIAL));
+  const run = await post(floor.port, '/run', '{"value":{}}', false);
   const elapsed = now() - start;
   if (run.status !== 200 || run.text !== '{"ok":true}') throw new Error(`the spawn floor failed: ${run.status} ${run.text}`);
   await floor.stop();
@@ -362,11 +368,11 @@ async function main(): Promise<void> {
     coldRun.push(parts.run);
     floorCold.push(await floorColdTime());
   }
-  add({ metric: 'cold start (spawn → init → first run)', value: median(cold), unit: 'ms', floor: median(floorCold), floorName: 'spawn floor: spawn → first run', limit: 1.1 });
+  add({ metric: 'cold start (spawn → init → first run)', value: median(cold), unit: 'ms', floor: median(floorCold), floorName: 'spawn floor: spawn → init → first run', limit: 1.1 });
   add({ metric: 'cold start against node -e 0 (reference)', value: median(cold), unit: 'ms', floor: median(node), floorName: 'node -e 0' });
   // Where a cold start goes: until the /init is answered (start-up, then the init), and the first /run.
   add({ metric: 'cold start, part: spawn → /init answered (reference)', value: median(coldInit), unit: 'ms', floor: median(bareReady), floorName: 'bare node:http server: spawn → first answer' });
-  add({ metric: 'cold start, part: the first /run (reference)', value: median(coldRun), unit: 'ms', floor: Math.max(0.01, median(floorCold) - median(bareReady)), floorName: 'spawn floor: its first run, less a bare server\'s start' });
+  add({ metric: 'cold start, part: the first /run (reference)', value: median(coldRun), unit: 'ms', floor: Math.max(0.01, median(floorCold) - median(bareReady)), floorName: 'spawn floor: its init and first run, less a bare server\'s start' });
   add({ metric: 'ready (spawn → first HTTP answer) (reference)', value: median(readySamples), unit: 'ms', floor: median(bareReady), floorName: 'bare node:http server' });
   add({ metric: 'ready, a bare node:http server (reference)', value: median(bareReady), unit: 'ms', floor: median(node), floorName: 'node -e 0' });
 
