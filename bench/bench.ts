@@ -594,15 +594,29 @@ async function nodejsRuntimes(add: (row: Omit<Row, 'ratio'>) => void): Promise<v
     for (const name of ['ours', 'theirs'] as const) {
       const begin = now();
       const server = await start[name]();
-      const initialized = await postWhenUp(server.port, '/init', init);
-      const answer = await post(server.port, '/run', run, false);
-      cold[name].push(now() - begin);
-      if (initialized.status !== 200 || answer.status !== 200) throw new Error(`${name}: ${initialized.text} ${answer.text}`);
-      await server.stop();
+      try {
+        const initialized = await postWhenUp(server.port, '/init', init);
+        const answer = await post(server.port, '/run', run, false);
+        cold[name].push(now() - begin);
+        if (initialized.status !== 200 || answer.status !== 200) throw new Error(`${name}: ${initialized.text} ${answer.text}`);
+      } finally {
+        await server.stop();
+      }
     }
   }
   add({ metric: 'Node.js runtime: cold start (spawn → init → first run)', value: median(cold.ours), unit: 'ms', floor: median(cold.theirs), floorName: 'openwhisk-runtime-nodejs', limit: 1 });
   const servers = { ours: await start.ours(), theirs: await start.theirs() };
+  try {
+    await warmRows(servers, init, run, add);
+  } finally {
+    await servers.ours.stop();
+    await servers.theirs.stop();
+    rmSync(dirname(preload), { recursive: true, force: true });
+  }
+}
+
+/** The warm rows of nodejsRuntimes: latency, memory and throughput of two running servers. */
+async function warmRows(servers: { ours: Proxy; theirs: Proxy }, init: string, run: string, add: (row: Omit<Row, 'ratio'>) => void): Promise<void> {
   const agents = { ours: new Agent({ keepAlive: true, maxSockets: CLIENTS }), theirs: new Agent({ keepAlive: true, maxSockets: CLIENTS }) };
   const once = { ours: () => post(servers.ours.port, '/run', run, agents.ours), theirs: () => post(servers.theirs.port, '/run', run, agents.theirs) };
   for (const name of ['ours', 'theirs'] as const) await postWhenUp(servers[name].port, '/init', init);
@@ -625,9 +639,6 @@ async function nodejsRuntimes(add: (row: Omit<Row, 'ratio'>) => void): Promise<v
   add({ metric: 'Node.js runtime: throughput, 8 keep-alive clients', value: throughput.ours, unit: 'runs/s', floor: throughput.theirs, floorName: 'openwhisk-runtime-nodejs' });
   agents.ours.destroy();
   agents.theirs.destroy();
-  await servers.ours.stop();
-  await servers.theirs.stop();
-  rmSync(dirname(preload), { recursive: true, force: true });
 }
 
 function table(rows: Row[]): string {
