@@ -406,12 +406,13 @@ export const INIT_FAILED = { error: 'The action failed to generate or locate a b
 
 /**
  * Asserts that an init was refused as a failed one is (502, the cause on stderr, sentinels) and left the
- * action directory as `before` with the stub in place.
+ * action directory as `before` with the stub in place. `sentinels`: how many both streams carry by then
+ * (the init's own, and one for each request before it).
  */
-export async function assertInitRefused(proxy: RunningProxy, res: Response, cause: RegExp, before: Record<string, string>): Promise<void> {
+export async function assertInitRefused(proxy: RunningProxy, res: Response, cause: RegExp, before: Record<string, string>, sentinels = 1): Promise<void> {
   assert.equal(res.status, 502);
   assert.deepEqual(res.json(), INIT_FAILED);
-  await proxy.sentinels(1);
+  await proxy.sentinels(sentinels);
   assert.match(proxy.stderr.text, cause);
   assert.deepEqual(tree(proxy.dir), before, 'nothing written, nothing left behind');
   assert.equal(readFileSync(join(proxy.dir, 'exec'), 'utf8'), readFileSync(STUB, 'utf8'));
