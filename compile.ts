@@ -30,6 +30,11 @@ function options(args: string[]): Map<string, string> {
   return found;
 }
 
+/** Blocks for 5 ms: the command does its I/O synchronously, and a non-blocking pipe may not be ready. */
+function pause(): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5);
+}
+
 /** Copies stdin into `fd`, at most `limit` bytes of it. */
 function readStdin(fd: number, limit: number): void {
   const piece = Buffer.allocUnsafe(1024 * 1024);
@@ -39,7 +44,11 @@ function readStdin(fd: number, limit: number): void {
     try {
       got = readSync(0, piece, 0, piece.length, null);
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'EAGAIN') continue; // a non-blocking pipe with nothing yet
+      // A non-blocking pipe with nothing in it yet: wait a little rather than spin.
+      if ((error as NodeJS.ErrnoException).code === 'EAGAIN') {
+        pause();
+        continue;
+      }
       throw error;
     }
     if (got === 0) return;
@@ -57,7 +66,7 @@ function writeStdout(bytes: Buffer): void {
       written += writeSync(1, bytes, written);
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== 'EAGAIN') throw error;
-      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5);
+      pause();
     }
   }
 }

@@ -29,9 +29,10 @@ export function versionLine(): string {
   return `openwhisk-action-proxy ${VERSION} (node ${process.versions.node})`;
 }
 
-const DEBUG = process.env.PROXY_DEBUG === '1';
+/** PROXY_DEBUG=1: a hot path checks this before it does any work for a line. */
+export const debugging = process.env.PROXY_DEBUG === '1';
 
 /** With PROXY_DEBUG=1, writes `proxy: <line>` to stderr (never stdout: that is the action's logs' stream). */
 export function debug(line: string | (() => string)): void {
-  if (DEBUG) process.stderr.write(`proxy: ${typeof line === 'string' ? line : line()}\n`);
+  if (debugging) process.stderr.write(`proxy: ${typeof line === 'string' ? line : line()}\n`);
 }

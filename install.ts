@@ -4,8 +4,6 @@
 // a leftover folder would hold the space or inodes every later init needs.
 
 import { spawn } from 'node:child_process';
-import { setFlagsFromString } from 'node:v8';
-import { runInNewContext } from 'node:vm';
 import { constants, accessSync, chmodSync, closeSync, createReadStream, fchmodSync, lstatSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, renameSync, rmdirSync, statSync, unlinkSync, writeFileSync, type Stats } from 'node:fs';
 import { join } from 'node:path';
 import type { Writable } from 'node:stream';
@@ -117,7 +115,7 @@ async function writeAction(staging: string, action: ActionCode, limits: Partial<
   try {
     const large = typeof action.code !== 'string' && action.code.reduce((total, piece) => total + piece.length, 0) >= LARGE_CODE;
     decodeBase64(action.code, fd);
-    if (large) collectGarbage();
+    if (large) await collectGarbage();
     await unpack(fd, decoded, staging, { ...DEFAULT_ARCHIVE_LIMITS, ...limits });
   } finally {
     closeSync(fd);
@@ -157,15 +155,16 @@ const BASE64_ERROR = 'init code is not valid base64 (binary: true needs base64 o
  * base64 in it is refused.
  */
 function decodeBase64(code: string | Buffer[], fd: number): void {
-  // Text as latin1 bytes: anything past ASCII can't be base64, and latin1 would fold it into letters.
+  // Anything past ASCII can't be base64: refused here, while it is still text.
   if (typeof code === 'string' && !/^[\x00-\x7f]*$/.test(code)) throw new Error(BASE64_ERROR);
-  const pieces = typeof code === 'string' ? [Buffer.from(/\s/.test(code) ? code.replace(/\s+/g, '') : code, 'latin1')] : code;
+  const pieces = typeof code === 'string' ? [/\s/.test(code) ? code.replace(/\s+/g, '') : code] : code;
   // Each group of 4 characters decodes on its own: what is left of a piece goes with the next. The
   // bytes go through one scratch buffer: decoding leaves no garbage the size of the code behind.
   let scratch = EMPTY;
   let carry = '';
   for (let i = 0; i < pieces.length; i++) {
-    const text = carry + pieces[i]!.toString('latin1');
+    const piece = pieces[i]!;
+    const text = carry + (typeof piece === 'string' ? piece : piece.toString('latin1'));
     pieces[i] = EMPTY;
     const last = i === pieces.length - 1;
     const whole = last ? text.length : text.length - (text.length % 4);
@@ -195,8 +194,10 @@ const LARGE_CODE = 8 * 1024 * 1024;
  * V8's own pace, the two pile up (measured: the 63 MiB init of a 47 MiB .tar.gz peaked at +95-127 MiB
  * on Node 24, against +80 MiB with this).
  */
-function collectGarbage(): void {
+async function collectGarbage(): Promise<void> {
   if (!gc) {
+    // Loaded here, not at start-up: node:v8 alone costs a cold proxy about 2 ms.
+    const [{ setFlagsFromString }, { runInNewContext }] = await Promise.all([import('node:v8'), import('node:vm')]);
     setFlagsFromString('--expose-gc');
     gc = runInNewContext('gc') as () => void;
   }

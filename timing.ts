@@ -1,5 +1,5 @@
 import type { Performance } from 'node:perf_hooks';
-import { debug } from './diagnostics.ts';
+import { debug, debugging } from './diagnostics.ts';
 
 // Where a request's time went, for its Server-Timing header (W3C Server Timing: `name;dur=<ms>` entries,
 // comma separated), so that cold-start work can be seen without a profiler.
@@ -33,7 +33,7 @@ export async function measure<T>(parts: Parts | undefined, name: string, step: (
   } finally {
     const ms = since(start);
     parts?.push([name, ms]);
-    debug(() => `${name}: ${ms.toFixed(1)} ms`);
+    if (debugging) debug(`${name}: ${ms.toFixed(1)} ms`);
   }
 }
 

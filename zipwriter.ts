@@ -74,8 +74,9 @@ function zip64Extra(values: number[]): Buffer {
 const fits = (value: number): boolean => value < SATURATED_32;
 
 /**
- * Writes a ZIP archive of the folder `root` through `write` (called with each piece in order). Returns
- * the number of bytes written.
+ * Writes a ZIP archive of the folder `root` through `write` (called with each piece in order, which it
+ * must have written when it returns: a large file's pieces share one buffer). Returns the number of bytes
+ * written.
  */
 export function writeZip(root: string, write: (bytes: Buffer) => void): number {
   let offset = 0;
@@ -220,5 +221,5 @@ function crcOfFile(path: string): number {
 }
 
 function copyFile(path: string, size: number, out: (bytes: Buffer) => void): void {
-  eachPiece(path, size, (piece) => out(Buffer.from(piece)));
+  eachPiece(path, size, out);
 }

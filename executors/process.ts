@@ -6,7 +6,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { CLIENT_CLOSED, MESSAGES, ProxyError } from '../errors.ts';
 import { verify } from '../install.ts';
 import { MAX_LOG_LINE_BYTES, describeProcess, forwardLines, groupAlive, killGroup, resultOf, startFailure, trim, writeLine, type ActionResult, type Activation, type CancelSignal, type Executor, type ExecutorOptions } from './executor.ts';
-import { debug } from '../diagnostics.ts';
+import { debug, debugging } from '../diagnostics.ts';
 
 // linux/binfmts.h MAX_ARG_STRLEN is 32 pages (131072 bytes) including the terminating NUL; it bounds
 // each argument and each environment variable.
@@ -108,8 +108,10 @@ export class ProcessExecutor implements Executor {
       if (child.pid === undefined) return;
 
       const pid = child.pid;
-      debug(() => `started action process ${pid}`);
-      child.once('exit', (code, signal) => debug(() => `action process ${pid} exited (${signal ?? `code ${code}`})`));
+      if (debugging) {
+        debug(`started action process ${pid}`);
+        child.once('exit', (code, signal) => debug(`action process ${pid} exited (${signal ?? `code ${code}`})`));
+      }
       this.running.set(child, describeProcess(pid, activation.fields));
       signal?.addEventListener('abort', cancel, { once: true });
       child.stdin!.on('error', () => {}); // EPIPE: an action need not read its input
