@@ -132,6 +132,14 @@ describe('version and diagnostics', { concurrency: true }, () => {
       assert.doesNotMatch(proxy.stderr.text, /proxy: /);
     }));
 
+  test('it listens with a backlog of 4096 (or the kernel\'s net.core.somaxconn, if lower), not Node\'s 511', { skip: spawnSync('ss', ['-V']).status === 0 ? false : 'no ss on the PATH (Debian: iproute2)' }, () =>
+    withProxy({ env: { PROXY_HOST: '127.0.0.1' } }, async (proxy) => {
+      // For a listening socket, ss's Send-Q is its backlog.
+      const [line] = execFileSync('ss', ['-Hltn', `sport = :${proxy.port}`]).toString().trim().split('\n');
+      const somaxconn = Number(readFileSync('/proc/sys/net/core/somaxconn', 'utf8'));
+      assert.equal(Number(line!.trim().split(/\s+/)[2]), Math.min(4096, somaxconn), line);
+    }));
+
   test('PROXY_HOST is the address it listens on: 127.0.0.1 only', () =>
     withProxy({ env: { PROXY_HOST: '127.0.0.1' } }, async (proxy) => {
       // Listening sockets on the port, from /proc/net/tcp and tcp6 (state 0A): address:port in hex.
