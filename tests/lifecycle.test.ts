@@ -25,12 +25,13 @@ import {
 const MiB = 1024 * 1024;
 const CANCELLED = 'The client closed the connection; the activation was stopped.\n';
 
-// A per-activation action: counts its runs; with "hang" in its arguments it says so on stderr and waits
-// for a background child that would run for five minutes.
+// A per-activation action: counts its runs; with "hang" in its arguments it starts a background child
+// that would run for five minutes, notes its pid, then says so on stderr (so that a test that leaves on
+// that line always finds the pid) and waits for it.
 const HANGING = `#!/bin/bash
 echo run >> runs
 case "$1" in
-  *hang*) echo started >&2; sleep 300 & echo $! > bg; wait ;;
+  *hang*) sleep 300 & echo $! > bg; echo started >&2; wait ;;
   *slow*) sleep 1 ;;
 esac
 echo '{"ok":true}'
@@ -41,7 +42,7 @@ const LOOP_HANGING = `#!/bin/bash
 while IFS= read -r line; do
   echo run >> runs
   case "$line" in
-    *hang*) echo started >&2; sleep 300 & echo $! > bg; wait ;;
+    *hang*) sleep 300 & echo $! > bg; echo started >&2; wait ;;
   esac
   echo "{\\"pid\\":$$}" >&3
 done
