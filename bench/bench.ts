@@ -9,7 +9,7 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { Agent, request } from 'node:http';
-import { createServer } from 'node:net';
+import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -85,6 +85,43 @@ require('http').createServer((req, res) => {
   });
 }).listen(process.env.FLASK_PROXY_PORT);
 `;
+// The smallest server of the proxy's line design (lifecycle.md), the floor of what abandoned requests
+// cost: node:http with the proxy's socket buffer size, at most 64 activations, a line of at most 1,000
+// whose bodies are read only when their turn comes, a client that left then noticed before anything
+// runs, a running action's group killed when its client leaves.
+const LINE_FLOOR_SERVER = `
+const { spawn } = require('child_process');
+let running = 0;
+const line = [];
+const done = () => { running--; const next = line.shift(); if (next) next(); };
+require('http').createServer({ highWaterMark: 16384 }, (req, res) => {
+  const start = () => {
+    running++;
+    const chunks = [];
+    req.on('data', (chunk) => chunks.push(chunk));
+    req.on('end', () => setImmediate(() => setImmediate(() => {
+      if (res.destroyed || req.socket.readableEnded) return done();
+      const body = Buffer.concat(chunks).toString();
+      // As the proxy does: the arguments in argv[1] when they fit, and on stdin.
+      const argv = Buffer.byteLength(body) < 131072 ? [body] : [];
+      const child = spawn('bash', ['-c', process.env.ACTION, 'action', ...argv], { detached: true, stdio: ['pipe', 'pipe', 'ignore'] });
+      child.stdin.on('error', () => {});
+      child.stdin.end(body);
+      let out = '';
+      child.stdout.on('data', (chunk) => (out += chunk));
+      res.once('close', () => { if (!res.writableFinished) try { process.kill(-child.pid, 'SIGKILL'); } catch {} });
+      child.on('close', () => { done(); if (!res.destroyed) res.end(out); });
+    })));
+    req.on('close', () => { if (!req.complete) done(); });
+  };
+  if (running < 64) return start();
+  if (line.length >= 1000) return res.writeHead(503, { 'Retry-After': '1' }).end('{}');
+  line.push(start);
+  res.once('close', () => { const at = line.indexOf(start); if (at !== -1) line.splice(at, 1); });
+}).listen(process.env.FLASK_PROXY_PORT, '127.0.0.1', 4096);
+`;
+// The action of the line rows: it hangs when asked to, else answers at once.
+const HANGING_WEB_ACTION = '#!/bin/bash\ncase "$1" in *hang*) sleep 300 ;; esac\necho \'{"body":"ok"}\'\n';
 
 // Every measured Node process gets this environment: NODE_EXTRA_CA_CERTS costs start-up time on some
 // machines and is not set in containers.
@@ -343,9 +380,10 @@ async function main(): Promise<void> {
     rows.push(full);
     console.error(`${full.metric}: ${full.value} ${full.unit} (floor ${full.floor}, ${full.ratio}x, target ${target(full) || 'none'})`);
   };
-  // BENCH_ONLY=runtimes: only the Node.js runtime beside openwhisk-runtime-nodejs (results.json untouched).
-  if (process.env.BENCH_ONLY === 'runtimes') {
-    await nodejsRuntimes(add);
+  // BENCH_ONLY=runtimes: only the Node.js runtime beside openwhisk-runtime-nodejs; BENCH_ONLY=line: only
+  // abandoned requests in line (results.json untouched by either).
+  if (process.env.BENCH_ONLY === 'runtimes' || process.env.BENCH_ONLY === 'line') {
+    await (process.env.BENCH_ONLY === 'line' ? abandonedLine(add) : nodejsRuntimes(add));
     console.log(table(rows));
     return;
   }
@@ -422,6 +460,7 @@ async function main(): Promise<void> {
 
   await loopMode(add, direct);
   await nodejsRuntimes(add);
+  await abandonedLine(add);
 
   // Memory: idle after init against a bare node:http server; after the same load, against the spawn floor
   // after it (the throughput runs above were the same for both).
@@ -498,6 +537,68 @@ async function main(): Promise<void> {
   writeFileSync(join(ROOT, 'bench', 'results.json'), `${JSON.stringify(results, null, 2)}\n`);
   writeFileSync(join(ROOT, 'bench', 'results.svg'), chart(rows));
   console.log(table(rows));
+}
+
+/**
+ * Sends a request with its whole body and closes the connection once `leave` settles; resolves with what
+ * was answered before that.
+ */
+function abandon(port: number, body: string, leave: Promise<unknown>): Promise<string> {
+  return new Promise((resolve) => {
+    let answer = '';
+    const socket = connect(port, '127.0.0.1', () => {
+      socket.write(`POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n`);
+      socket.write(body);
+      void leave.then(() => socket.destroy());
+    });
+    socket.on('data', (chunk: Buffer) => (answer += chunk.toString('latin1')));
+    socket.on('error', () => {});
+    socket.on('close', () => resolve(answer));
+  });
+}
+
+/**
+ * lifecycle.md's line of abandoned requests, in Knative mode: 64 hung activations fill the slots, 2,000
+ * requests of 256 KiB arrive and leave after a second (1,000 wait, the rest are refused), the hung ones
+ * are let go, and the next request is answered. RSS growth against the line floor (LINE_FLOOR_SERVER)
+ * put through the same, one after the other.
+ */
+async function abandonedLine(add: (row: Omit<Row, 'ratio'>) => void): Promise<void> {
+  const env = { ACTION: HANGING_WEB_ACTION, __OW_RUNTIME_PLATFORM: 'knative', __OW_ACTION_CODE: HANGING_WEB_ACTION };
+  const pad = `{"pad":"${'x'.repeat(256 * 1024)}"}`;
+  const growth = { proxy: { waiting: [] as number[], after: [] as number[] }, floor: { waiting: [] as number[], after: [] as number[] } };
+  for (let i = 0; i < (QUICK ? 1 : 3); i++) {
+    for (const [name, command] of [['proxy', undefined], ['floor', [process.execPath, '-e', LINE_FLOOR_SERVER]]] as const) {
+      const server = await spawnProxy(env, command ? [...command] : undefined);
+      try {
+        await postWhenUp(server.port, '/', '{"warm":true}');
+        await settle();
+        const before = rss(server.child.pid!);
+        let release!: () => void;
+        const letGo = new Promise<void>((resolve) => (release = resolve));
+        const hung = Array.from({ length: 64 }, () => abandon(server.port, '{"hang":true}', letGo));
+        await settle(2000);
+        const answers = await Promise.all(Array.from({ length: 2000 }, () => abandon(server.port, pad, settle(1000))));
+        if (!answers.some((answer) => answer.startsWith('HTTP/1.1 503'))) throw new Error(`${name}: the line never filled`);
+        growth[name].waiting.push(rss(server.child.pid!) - before);
+        release();
+        await Promise.all(hung);
+        // The line may still be full of requests whose clients left: a 503 is tried again.
+        let next = await post(server.port, '/', '{"live":true}', false);
+        for (let tries = 0; next.status === 503 && tries < 300; tries++) {
+          await settle(100);
+          next = await post(server.port, '/', '{"live":true}', false);
+        }
+        if (next.status !== 200) throw new Error(`${name}: the next request answered ${next.status} ${next.text}`);
+        growth[name].after.push(rss(server.child.pid!) - before);
+      } finally {
+        await server.stop();
+      }
+    }
+  }
+  const MiB = 2 ** 20;
+  add({ metric: 'RSS growth, 1,000 abandoned 256 KiB requests waiting (reference)', value: median(growth.proxy.waiting) / MiB, unit: 'MiB', floor: median(growth.floor.waiting) / MiB, floorName: 'line floor, the same' });
+  add({ metric: 'RSS growth after 2,000 abandoned 256 KiB requests and the next answer (lifecycle.md: < 150 MiB)', value: median(growth.proxy.after) / MiB, unit: 'MiB', floor: median(growth.floor.after) / MiB, floorName: 'line floor, the same', limit: 1.1 });
 }
 
 /**

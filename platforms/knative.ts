@@ -12,7 +12,7 @@ import { isUtf8 } from 'node:buffer';
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import { ProxyError } from '../errors.ts';
 import { compact, isTooDeep, kindOf, member, membersOf, objectText, stringValue, type Member, type Scanned } from '../json.ts';
-import { activationFields, admit, init, readBody, readJson, run, send, sendError, timingHeader, type Admission } from '../protocol.ts';
+import { activationFields, admit, init, readAdmitted, readJson, run, send, sendError, timingHeader, type Admission } from '../protocol.ts';
 import type { ActionResult } from '../executors/executor.ts';
 import type { RunMessage } from '../runner.ts';
 import { startTiming, type Timing } from '../timing.ts';
@@ -99,7 +99,7 @@ async function respond(req: IncomingMessage, res: ServerResponse, cors: Record<s
 
 async function answer(req: IncomingMessage, res: ServerResponse, cors: Record<string, string>, timing: Timing, admission: Admission): Promise<void> {
   const method = req.method ?? 'GET';
-  const body = await readBody(req);
+  const body = await readAdmitted(req, admission);
   // The path as sent, not normalised by URL parsing (`//a/../b` stays): it is the action's to read.
   const target = req.url ?? '/';
   const queryAt = target.indexOf('?');

@@ -3,7 +3,7 @@
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import { MESSAGES, ProxyError } from '../errors.ts';
 import { membersOf, type Member, type Scanned } from '../json.ts';
-import { activationFields, admit, failure, init, memberBytes, readBody, readInit, readJson, run, send, sendError, sendJson, timingHeader, type Failure } from '../protocol.ts';
+import { activationFields, admit, failure, init, memberBytes, readAdmitted, readInit, readJson, run, send, sendError, sendJson, timingHeader, type Failure } from '../protocol.ts';
 import type { RunMessage } from '../runner.ts';
 import { startTiming } from '../timing.ts';
 
@@ -32,7 +32,7 @@ export async function handle(req: IncomingMessage, res: ServerResponse): Promise
     // A slot first, then the body: requests waiting in line hold no bodies.
     const admission = await admit(res);
     outcome = await run(async () => {
-      const body = await readBody(req);
+      const body = await readAdmitted(req, admission);
       return runMessage(readJson(body, true), body);
     }, admission, timing);
   } catch (error) {

@@ -157,13 +157,13 @@ describe('a client that gives up cancels its activation', { concurrency: true },
       const after = await proxy.post('/', { live: true });
       assert.equal(after.status, 200);
       assert.deepEqual(after.text, 'ok');
-      // Node's own http server holds about 100 KiB per connection whose unread request waits (a bare
-      // node:http server with 1,000 of them: +102-108 MiB), and the bodies of abandoned requests are read
-      // when their turn comes (that is when their clients' leaving is seen): measured +111-255 MiB on
-      // Node 20 and +212-271 MiB on Node 22, above lifecycle.md's 150 MiB. The bound here catches the
-      // unbounded growth this was (2.16 GB), not that target.
+      // lifecycle.md asks for less than 150 MiB. Node's http server holds the first part of each unread
+      // body that waits (a server of the same design, bench/bench.ts's line floor, grows by +124-153 MiB
+      // on Node 20 and 22 and +176-180 MiB on Node 24); the proxy measured +127-144 MiB on Node 20 and 22
+      // and +195-206 MiB on Node 24 (`BENCH_ONLY=line npm run bench` compares the two). The bound here
+      // catches the unbounded growth this was (2.16 GB), with room for Node 24 on a loaded machine.
       const growth = rss(proxy.child.pid!) - before;
-      assert.ok(growth < 400 * MiB, `RSS grew by ${(growth / MiB).toFixed(1)} MiB`);
+      assert.ok(growth < 300 * MiB, `RSS grew by ${(growth / MiB).toFixed(1)} MiB`);
       assert.ok(await eventually(() => childPids(proxy.child.pid!).length === 0), 'every hung process was killed');
     } finally {
       await proxy.stop();
