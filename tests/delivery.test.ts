@@ -140,6 +140,19 @@ describe('version and diagnostics', { concurrency: true }, () => {
       assert.equal(Number(line!.trim().split(/\s+/)[2]), Math.min(4096, somaxconn), line);
     }));
 
+  test('on a terminal it says where it listens; with stdout a pipe or /dev/null it says nothing there', () =>
+    withTempDir(async (dir) => {
+      const env = { ...process.env, FLASK_PROXY_PORT: '0', PROXY_HOST: '127.0.0.1', PROXY_ACTION_DIR: dir };
+      // script(1) gives the proxy a terminal; `timeout` ends it once it has had time to say it.
+      const terminal = spawnSync('script', ['-qec', `timeout -s INT 3 ${process.execPath} ${PROXY}`, '/dev/null'], { env });
+      assert.match(terminal.stdout.toString(), new RegExp(`Action proxy \\(openwhisk\\) listening on 127\\.0\\.0\\.1, port \\d+, action directory ${dir}`));
+      for (const stdout of ['pipe', 'ignore'] as const) {
+        const quiet = spawnSync('timeout', ['-s', 'INT', '2', process.execPath, PROXY], { env, stdio: ['ignore', stdout, 'pipe'] });
+        assert.equal(quiet.stderr.toString(), '');
+        if (stdout === 'pipe') assert.equal(quiet.stdout.toString(), '');
+      }
+    }));
+
   test('PROXY_HOST is the address it listens on: 127.0.0.1 only', () =>
     withProxy({ env: { PROXY_HOST: '127.0.0.1' } }, async (proxy) => {
       // Listening sockets on the port, from /proc/net/tcp and tcp6 (state 0A): address:port in hex.
