@@ -380,10 +380,13 @@ async function main(): Promise<void> {
     rows.push(full);
     console.error(`${full.metric}: ${full.value} ${full.unit} (floor ${full.floor}, ${full.ratio}x, target ${target(full) || 'none'})`);
   };
-  // BENCH_ONLY=runtimes: only the Node.js runtime beside openwhisk-runtime-nodejs; BENCH_ONLY=line: only
-  // abandoned requests in line (results.json untouched by either).
-  if (process.env.BENCH_ONLY === 'runtimes' || process.env.BENCH_ONLY === 'line') {
-    await (process.env.BENCH_ONLY === 'line' ? abandonedLine(add) : nodejsRuntimes(add));
+  // BENCH_ONLY=<part>: only that part, results.json untouched: `loop` (action-loop mode), `line` (abandoned
+  // requests in line), `runtimes` (the Node.js runtime beside openwhisk-runtime-nodejs).
+  const only = process.env.BENCH_ONLY;
+  if (only) {
+    const parts: Record<string, () => Promise<void>> = { loop: () => loopMode(add), line: () => abandonedLine(add), runtimes: () => nodejsRuntimes(add) };
+    if (!parts[only]) throw new Error(`BENCH_ONLY=${only}: not one of ${Object.keys(parts).join(', ')}`);
+    await parts[only]();
     console.log(table(rows));
     return;
   }
@@ -458,7 +461,7 @@ async function main(): Promise<void> {
   add({ metric: `throughput, ${CLIENTS} keep-alive clients`, value: median(throughput), unit: 'runs/s', floor: median(throughputFloor), floorName: 'spawn floor', limit: 0.9, higherIsBetter: true });
   add({ metric: `throughput against ${CLIENTS} parallel direct spawns (reference)`, value: median(throughput), unit: 'runs/s', floor: median(throughputDirect), floorName: `${CLIENTS} parallel direct spawns` });
 
-  await loopMode(add, direct);
+  await loopMode(add);
   await nodejsRuntimes(add);
   await abandonedLine(add);
 
@@ -601,12 +604,43 @@ async function abandonedLine(add: (row: Omit<Row, 'ratio'>) => void): Promise<vo
   add({ metric: 'RSS growth after 2,000 abandoned 256 KiB requests and the next answer (lifecycle.md: < 150 MiB)', value: median(growth.proxy.after) / MiB, unit: 'MiB', floor: median(growth.floor.after) / MiB, floorName: 'line floor, the same', limit: 1.1 });
 }
 
+// OpenWhisk's Go actionloop proxy listens on 8080, with its action in ./action.
+const GO_ACTIONLOOP_PORT = 8080;
+
+/**
+ * OW_ACTIONLOOP_PROXY=<binary>: OpenWhisk's Go actionloop proxy (`go build ./main` in a checkout of
+ * apache/openwhisk-runtime-go), started in a folder of its own with the trivial loop action; else nothing.
+ */
+async function startGoActionLoop(): Promise<Proxy | undefined> {
+  const binary = process.env.OW_ACTIONLOOP_PROXY;
+  if (!binary) return undefined;
+  const dir = mkdtempSync(join(tmpdir(), 'proxy-bench-go-'));
+  const child = spawn(binary, [], { cwd: dir, env: ENV, stdio: ['ignore', 'ignore', 'ignore'] });
+  const exited = new Promise((resolve) => child.once('close', resolve));
+  const init = await postWhenUp(GO_ACTIONLOOP_PORT, '/init', initBody(TRIVIAL_LOOP));
+  if (init.status !== 200) throw new Error(`the Go actionloop proxy's init failed: ${init.text}`);
+  return {
+    port: GO_ACTIONLOOP_PORT,
+    dir,
+    child,
+    async stop() {
+      child.kill('SIGKILL');
+      await exited;
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
 /**
  * Action-loop mode against its floor, the smallest loop proxy (LOOP_FLOOR_SERVER), and against a direct
  * spawn of the per-activation action: warm latency and throughput, interleaved so noise hits all alike.
  */
-async function loopMode(add: (row: Omit<Row, 'ratio'>) => void, direct: () => Promise<void>): Promise<void> {
+async function loopMode(add: (row: Omit<Row, 'ratio'>) => void): Promise<void> {
   const loopProxy = await spawnProxy({ PROXY_ACTION_LOOP: '1' });
+  // The per-activation form of the action, spawned directly, in a folder of its own.
+  const directDir = mkdtempSync(join(tmpdir(), 'proxy-bench-direct-'));
+  writeFileSync(join(directDir, 'exec'), TRIVIAL, { mode: 0o755 });
+  const direct = () => directSpawn(join(directDir, 'exec'), directDir);
   await ready(loopProxy);
   const init = await post(loopProxy.port, '/init', initBody(TRIVIAL_LOOP), false);
   if (init.status !== 200) throw new Error(`loop init failed: ${init.text}`);
@@ -615,22 +649,31 @@ async function loopMode(add: (row: Omit<Row, 'ratio'>) => void, direct: () => Pr
   await post(loopProxy.port, '/run', '{"value":{}}', false);
   await settle();
   add({ metric: 'loop mode: anonymous memory idle after init', value: anonymous(loopProxy.child.pid!) / 2 ** 20, unit: 'MiB', floor: anonymous(floor.child.pid!) / 2 ** 20, floorName: 'smallest Node loop proxy' });
-  const agents = [new Agent({ keepAlive: true, maxSockets: CLIENTS }), new Agent({ keepAlive: true, maxSockets: CLIENTS })];
+  const agents = [new Agent({ keepAlive: true, maxSockets: CLIENTS }), new Agent({ keepAlive: true, maxSockets: CLIENTS }), new Agent({ keepAlive: true, maxSockets: CLIENTS })];
   const ours = () => post(loopProxy.port, '/run', '{"value":{}}', agents[0]!);
   const theirs = () => post(floor.port, '/run', '{"value":{}}', agents[1]!);
+  const go = await startGoActionLoop();
+  const goRun = () => post(GO_ACTIONLOOP_PORT, '/run', '{"value":{}}', agents[2]!);
   await timed(200, ours); // warm-up
   await timed(200, theirs);
+  if (go) await timed(200, goRun);
   const warmOurs: number[] = [];
   const warmFloor: number[] = [];
+  const warmGo: number[] = [];
   const warmDirect: number[] = [];
   for (let i = 0; i < WARM_RUNS; i++) {
     warmOurs.push(...(await timed(1, ours)));
     warmFloor.push(...(await timed(1, theirs)));
+    if (go) warmGo.push(...(await timed(1, goRun)));
     if (i % 4 === 0) warmDirect.push(...(await timed(1, direct)));
   }
-  add({ metric: 'loop mode: warm /run p50, keep-alive', value: median(warmOurs), unit: 'ms', floor: median(warmFloor), floorName: 'smallest Node loop proxy p50', limit: 1.1 });
+  add({ metric: 'loop mode: warm /run p50, keep-alive', value: median(warmOurs), unit: 'ms', floor: median(warmFloor), floorName: 'smallest Node loop proxy p50', limit: 1.2 });
   add({ metric: 'loop mode: warm /run p50 against a spawn', value: median(warmOurs), unit: 'ms', floor: median(warmDirect), floorName: 'direct spawn p50', limit: 0.25 });
-  add({ metric: 'loop mode: warm /run p99, keep-alive', value: percentile(warmOurs, 99), unit: 'ms', floor: percentile(warmFloor, 99), floorName: 'smallest Node loop proxy p99' });
+  add({ metric: 'loop mode: warm /run p99, keep-alive', value: percentile(warmOurs, 99), unit: 'ms', floor: percentile(warmFloor, 99), floorName: 'smallest Node loop proxy p99', limit: 1.3 });
+  if (go) {
+    add({ metric: 'loop mode: warm /run p50 against Go (reference)', value: median(warmOurs), unit: 'ms', floor: median(warmGo), floorName: "OpenWhisk's Go actionloop proxy p50" });
+    add({ metric: 'loop mode: warm /run p99 against Go (reference)', value: percentile(warmOurs, 99), unit: 'ms', floor: percentile(warmGo, 99), floorName: "OpenWhisk's Go actionloop proxy p99" });
+  }
   const throughput: number[] = [];
   const floorThroughput: number[] = [];
   const spawns: number[] = [];
@@ -645,9 +688,16 @@ async function loopMode(add: (row: Omit<Row, 'ratio'>) => void, direct: () => Pr
   await settle();
   add({ metric: 'loop mode: RSS after the load', value: rss(loopProxy.child.pid!) / 2 ** 20, unit: 'MiB', floor: rss(floor.child.pid!) / 2 ** 20, floorName: 'smallest Node loop proxy after the same load' });
   add({ metric: 'loop mode: anonymous memory after the load', value: anonymous(loopProxy.child.pid!) / 2 ** 20, unit: 'MiB', floor: anonymous(floor.child.pid!) / 2 ** 20, floorName: 'smallest Node loop proxy after the same load', limit: 1.15 });
+  if (go) {
+    // One client: the Go proxy serves one activation at a time (concurrent requests get a reset).
+    await rate(THROUGHPUT_RUNS * 4, 1, goRun);
+    add({ metric: 'loop mode: anonymous memory after the load against Go (reference)', value: anonymous(loopProxy.child.pid!) / 2 ** 20, unit: 'MiB', floor: anonymous(go.child.pid!) / 2 ** 20, floorName: `OpenWhisk's Go actionloop proxy after ${THROUGHPUT_RUNS * 4} runs, one client` });
+    await go.stop();
+  }
   for (const agent of agents) agent.destroy();
   await floor.stop();
   await loopProxy.stop();
+  rmSync(directDir, { recursive: true, force: true });
 }
 
 // openwhisk-runtime-nodejs listens on 8080 whatever it is told: this preload moves it to FLASK_PROXY_PORT.
