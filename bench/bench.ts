@@ -237,11 +237,14 @@ async function coldTime(): Promise<{ total: number; init: number; run: number }>
   return { total: elapsed, init: initialized - start, run: start + elapsed - initialized };
 }
 
-/** The floor's cold start: spawn to its first answered request (it needs no init). */
-/** The spawn floor's cold start as an OpenWhisk container has it: spawn → its /init → its first run. */
-async function floorColdTime(): Promise<number> {
+/**
+ * The spawn floor's cold start as an OpenWhisk container has it: spawn → its /init → its first run.
+ * `carryingCode`: the floor first loads the proxy's bundle (without starting it), the least any server
+ * that ships this code in one file pays.
+ */
+async function floorColdTime(carryingCode = false): Promise<number> {
   const start = now();
-  const floor = await spawnFloor();
+  const floor = await spawnFloor(carryingCode);
   await postWhenUp(floor.port, '/init', initBody(TRIVIAL));
   const run = await post(floor.port, '/run', '{"value":{}}', false);
   const elapsed = now() - start;
@@ -251,8 +254,8 @@ async function floorColdTime(): Promise<number> {
 }
 
 /** The smallest spawn-per-request server, with the trivial action in its folder. */
-async function spawnFloor(): Promise<Proxy> {
-  const floor = await spawnProxy({}, [process.execPath, '-e', SPAWN_FLOOR_SERVER]);
+async function spawnFloor(carryingCode = false): Promise<Proxy> {
+  const floor = await spawnProxy({}, [process.execPath, '-e', `${carryingCode ? `require(${JSON.stringify(PROXY)});` : ''}${SPAWN_FLOOR_SERVER}`]);
   writeFileSync(join(floor.dir, 'exec'), TRIVIAL, { mode: 0o755 });
   return floor;
 }
@@ -399,6 +402,7 @@ async function main(): Promise<void> {
   const coldInit: number[] = [];
   const coldRun: number[] = [];
   const floorCold: number[] = [];
+  const floorCarryingCode: number[] = [];
   for (let i = 0; i < REPEAT; i++) {
     node.push(await nodeStartup());
     readySamples.push(await readyTime());
@@ -408,8 +412,11 @@ async function main(): Promise<void> {
     coldInit.push(parts.init);
     coldRun.push(parts.run);
     floorCold.push(await floorColdTime());
+    floorCarryingCode.push(await floorColdTime(true));
   }
   add({ metric: 'cold start (spawn → init → first run)', value: median(cold), unit: 'ms', floor: median(floorCold), floorName: 'spawn floor: spawn → init → first run', limit: 1.1 });
+  // The share of the target that loading the proxy's code alone takes.
+  add({ metric: "cold start of the spawn floor loading the proxy's code first (reference)", value: median(floorCarryingCode), unit: 'ms', floor: median(floorCold), floorName: 'spawn floor: spawn → init → first run' });
   add({ metric: 'cold start against node -e 0 (reference)', value: median(cold), unit: 'ms', floor: median(node), floorName: 'node -e 0' });
   // Where a cold start goes: until the /init is answered (start-up, then the init), and the first /run.
   add({ metric: 'cold start, part: spawn → /init answered (reference)', value: median(coldInit), unit: 'ms', floor: median(bareReady), floorName: 'bare node:http server: spawn → first answer' });
