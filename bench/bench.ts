@@ -32,6 +32,10 @@ const SOAK_RUNS = QUICK ? 2000 : 10_000;
 // 10–30 s after the last activation.
 const IDLE_AGAIN_MS = QUICK ? 5_000 : 30_000;
 const CLIENTS = 8;
+// BENCH_BASELINE=<another build's dist/proxy.cjs>, with BENCH_BASELINE_FLAGS its Node flags: this build
+// against that one, interleaved in one run (the before and after of a change). BENCH_ONLY=baseline runs
+// only that.
+const BASELINE = process.env.BENCH_BASELINE ? [process.execPath, ...(process.env.BENCH_BASELINE_FLAGS ?? '').split(' ').filter(Boolean), process.env.BENCH_BASELINE] : undefined;
 const BARE_SERVER = "require('http').createServer((q,s)=>s.end('{}')).listen(process.env.FLASK_PROXY_PORT)";
 // The smallest proxy of the per-activation design, the floor of cold start, warm latency, throughput and
 // memory under load: a node:http server that spawns the action for every request and answers its last line.
@@ -225,9 +229,9 @@ async function readyTime(command?: string[]): Promise<number> {
 }
 
 /** Spawn → init → first run, and its parts: until the /init is answered, and the first /run. */
-async function coldTime(): Promise<{ total: number; init: number; run: number }> {
+async function coldTime(command?: string[]): Promise<{ total: number; init: number; run: number }> {
   const start = now();
-  const proxy = await spawnProxy();
+  const proxy = await spawnProxy({}, command);
   const init = await postWhenUp(proxy.port, '/init', initBody(TRIVIAL));
   const initialized = now();
   const run = await post(proxy.port, '/run', '{"value":{}}', false);
@@ -387,7 +391,7 @@ async function main(): Promise<void> {
   // requests in line), `runtimes` (the Node.js runtime beside openwhisk-runtime-nodejs).
   const only = process.env.BENCH_ONLY;
   if (only) {
-    const parts: Record<string, () => Promise<void>> = { loop: () => loopMode(add), line: () => abandonedLine(add), runtimes: () => nodejsRuntimes(add) };
+    const parts: Record<string, () => Promise<void>> = { loop: () => loopMode(add), line: () => abandonedLine(add), runtimes: () => nodejsRuntimes(add), baseline: () => againstBaseline(add) };
     if (!parts[only]) throw new Error(`BENCH_ONLY=${only}: not one of ${Object.keys(parts).join(', ')}`);
     await parts[only]();
     console.log(table(rows));
@@ -471,6 +475,7 @@ async function main(): Promise<void> {
   await loopMode(add);
   await nodejsRuntimes(add);
   await abandonedLine(add);
+  await againstBaseline(add);
 
   // Memory: idle after init against a bare node:http server; after the same load, against the spawn floor
   // after it (the throughput runs above were the same for both).
@@ -609,6 +614,50 @@ async function abandonedLine(add: (row: Omit<Row, 'ratio'>) => void): Promise<vo
   const MiB = 2 ** 20;
   add({ metric: 'RSS growth, 1,000 abandoned 256 KiB requests waiting (reference)', value: median(growth.proxy.waiting) / MiB, unit: 'MiB', floor: median(growth.floor.waiting) / MiB, floorName: 'line floor, the same' });
   add({ metric: 'RSS growth after 2,000 abandoned 256 KiB requests and the next answer (lifecycle.md: < 150 MiB)', value: median(growth.proxy.after) / MiB, unit: 'MiB', floor: median(growth.floor.after) / MiB, floorName: 'line floor, the same', limit: 1.1 });
+}
+
+/**
+ * This build against BENCH_BASELINE's, side by side: cold start, loop mode's warm p50 and p99, and
+ * anonymous memory after the same load in both modes. Nothing without BENCH_BASELINE.
+ */
+async function againstBaseline(add: (row: Omit<Row, 'ratio'>) => void): Promise<void> {
+  if (!BASELINE) return;
+  const floorName = `baseline ${process.env.BENCH_BASELINE}`;
+  const cold: number[] = [];
+  const baselineCold: number[] = [];
+  for (let i = 0; i < REPEAT; i++) {
+    cold.push((await coldTime()).total);
+    baselineCold.push((await coldTime(BASELINE)).total);
+  }
+  add({ metric: 'against the baseline: cold start', value: median(cold), unit: 'ms', floor: median(baselineCold), floorName });
+  for (const loop of [true, false]) {
+    const mode = loop ? 'loop mode' : 'a process per activation';
+    const env = loop ? { PROXY_ACTION_LOOP: '1' } : {};
+    const servers = [await spawnProxy(env), await spawnProxy(env, BASELINE)];
+    const agents = servers.map(() => new Agent({ keepAlive: true, maxSockets: CLIENTS }));
+    const runs = servers.map((server, i) => () => post(server.port, '/run', '{"value":{}}', agents[i]!));
+    try {
+      for (const server of servers) {
+        await ready(server);
+        const init = await post(server.port, '/init', initBody(loop ? TRIVIAL_LOOP : TRIVIAL), false);
+        if (init.status !== 200) throw new Error(`init failed: ${init.text}`);
+      }
+      if (loop) {
+        const warm: number[][] = [[], []];
+        for (const run of runs) await timed(200, run);
+        for (let i = 0; i < WARM_RUNS; i++) for (const at of [0, 1]) warm[at]!.push(...(await timed(1, runs[at]!)));
+        add({ metric: 'against the baseline: loop mode warm /run p50', value: median(warm[0]!), unit: 'ms', floor: median(warm[1]!), floorName });
+        add({ metric: 'against the baseline: loop mode warm /run p99', value: percentile(warm[0]!, 99), unit: 'ms', floor: percentile(warm[1]!, 99), floorName });
+      }
+      for (const run of runs) await rate(loop ? THROUGHPUT_RUNS * 4 : THROUGHPUT_RUNS, CLIENTS, run);
+      await settle();
+      const [ours, theirs] = servers.map((server) => anonymous(server.child.pid!) / 2 ** 20);
+      add({ metric: `against the baseline: ${mode}, anonymous memory after the load`, value: ours!, unit: 'MiB', floor: theirs!, floorName });
+    } finally {
+      for (const agent of agents) agent.destroy();
+      for (const server of servers) await server.stop();
+    }
+  }
 }
 
 // OpenWhisk's Go actionloop proxy listens on 8080, with its action in ./action.
