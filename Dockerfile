@@ -35,7 +35,7 @@ COPY action/exec /action/exec
 # read-only): the first answer comes 3-6 ms sooner on Node 24 (of about 50). Node keys the cache by user:
 # it is root's, the image's user; a container run as another user starts without it, as before.
 ENV NODE_COMPILE_CACHE=/proxy/compile-cache
-RUN node --max-semi-space-size=2 --no-concurrent-recompilation /proxy/proxy.cjs & proxy=$! \
+RUN node --max-semi-space-size=2 /proxy/proxy.cjs & proxy=$! \
  && node -e "const go = () => require('http').request({ port: 8080, method: 'POST', path: '/run' }, (r) => r.resume().on('end', () => process.exit())).on('error', () => setTimeout(go, 20)).end('{}'); go();" \
  && kill -TERM $proxy && wait $proxy \
  && ls /proxy/compile-cache/*/ > /dev/null
@@ -46,11 +46,7 @@ EXPOSE 8080
 ENTRYPOINT ["tini", "--", "/proxy/entrypoint"]
 # A 2 MiB young generation: under sustained load Node 24 otherwise grows it to 2 x 64 MiB and keeps it
 # (RSS after 10,000 activations: 76-83 MiB with the flag, 158-188 MiB without; start-up within noise).
-# Optimizing compiles on the main thread: the compiler threads' memory stayed with the process (anonymous
-# memory after a load 25-26 MiB instead of 32-37 per activation, 34-36 instead of 46-50 in loop mode;
-# latency and start-up within noise). The build step above runs with the same flags: V8 rejects a compile
-# cache made under other flags.
-CMD ["node", "--max-semi-space-size=2", "--no-concurrent-recompilation", "/proxy/proxy.cjs"]
+CMD ["node", "--max-semi-space-size=2", "/proxy/proxy.cjs"]
 
 # :skeleton, what openwhisk/dockerskeleton gives `--native` scripts besides bash: a script written for it
 # (`#!/usr/bin/env python3`, `| jq`, `curl`) runs unchanged.
