@@ -22,6 +22,8 @@ const QUICK = process.env.BENCH_QUICK === '1';
 // BENCH_PROXY_FLAGS: Node flags for the proxy process, to measure what one costs or saves.
 // None by default: a V8 flag can cost start-up time (measured: --max-semi-space-size=1 made ready about 8 ms slower on Node 20).
 const PROXY_FLAGS = (process.env.BENCH_PROXY_FLAGS ?? '').split(' ').filter(Boolean);
+// The floor servers run under the same flags: the same Node, configured the same way.
+const FLOOR_NODE = [process.execPath, ...PROXY_FLAGS];
 // Extraction is measured where disk writeback can't add noise: tmpfs when the machine has one.
 const FAST_FS = existsSync('/dev/shm') ? '/dev/shm' : tmpdir();
 const REPEAT = QUICK ? 5 : 21;
@@ -259,7 +261,7 @@ async function floorColdTime(carryingCode = false): Promise<number> {
 
 /** The smallest spawn-per-request server, with the trivial action in its folder. */
 async function spawnFloor(carryingCode = false): Promise<Proxy> {
-  const floor = await spawnProxy({}, [process.execPath, '-e', `${carryingCode ? `require(${JSON.stringify(PROXY)});` : ''}${SPAWN_FLOOR_SERVER}`]);
+  const floor = await spawnProxy({}, [...FLOOR_NODE, '-e', `${carryingCode ? `require(${JSON.stringify(PROXY)});` : ''}${SPAWN_FLOOR_SERVER}`]);
   writeFileSync(join(floor.dir, 'exec'), TRIVIAL, { mode: 0o755 });
   return floor;
 }
@@ -410,7 +412,7 @@ async function main(): Promise<void> {
   for (let i = 0; i < REPEAT; i++) {
     node.push(await nodeStartup());
     readySamples.push(await readyTime());
-    bareReady.push(await readyTime([process.execPath, '-e', BARE_SERVER]));
+    bareReady.push(await readyTime([...FLOOR_NODE, '-e', BARE_SERVER]));
     const parts = await coldTime();
     cold.push(parts.total);
     coldInit.push(parts.init);
@@ -479,7 +481,7 @@ async function main(): Promise<void> {
 
   // Memory: idle after init against a bare node:http server; after the same load, against the spawn floor
   // after it (the throughput runs above were the same for both).
-  const bare = await spawnProxy({}, [process.execPath, '-e', BARE_SERVER]);
+  const bare = await spawnProxy({}, [...FLOOR_NODE, '-e', BARE_SERVER]);
   await postWhenUp(bare.port, '/', '');
   await settle();
   const bareRss = rss(bare.child.pid!);
@@ -583,7 +585,7 @@ async function abandonedLine(add: (row: Omit<Row, 'ratio'>) => void): Promise<vo
   const pad = `{"pad":"${'x'.repeat(256 * 1024)}"}`;
   const growth = { proxy: { waiting: [] as number[], after: [] as number[] }, floor: { waiting: [] as number[], after: [] as number[] } };
   for (let i = 0; i < (QUICK ? 1 : 3); i++) {
-    for (const [name, command] of [['proxy', undefined], ['floor', [process.execPath, '-e', LINE_FLOOR_SERVER]]] as const) {
+    for (const [name, command] of [['proxy', undefined], ['floor', [...FLOOR_NODE, '-e', LINE_FLOOR_SERVER]]] as const) {
       const server = await spawnProxy(env, command ? [...command] : undefined);
       try {
         await postWhenUp(server.port, '/', '{"warm":true}');
@@ -700,7 +702,7 @@ async function loopMode(add: (row: Omit<Row, 'ratio'>) => void): Promise<void> {
   await ready(loopProxy);
   const init = await post(loopProxy.port, '/init', initBody(TRIVIAL_LOOP), false);
   if (init.status !== 200) throw new Error(`loop init failed: ${init.text}`);
-  const floor = await spawnProxy({ LOOP: TRIVIAL_LOOP.split('\n').slice(1).join('\n') }, [process.execPath, '-e', LOOP_FLOOR_SERVER]);
+  const floor = await spawnProxy({ LOOP: TRIVIAL_LOOP.split('\n').slice(1).join('\n') }, [...FLOOR_NODE, '-e', LOOP_FLOOR_SERVER]);
   await postWhenUp(floor.port, '/run', '{"value":{}}');
   await post(loopProxy.port, '/run', '{"value":{}}', false);
   await settle();
