@@ -64,6 +64,26 @@ describe('a client that gives up cancels its activation', { concurrency: true },
       assert.equal(proxy.stdout.sentinels, 2, 'no sentinels for activations that never ran');
     }));
 
+  test('waiting for a slot: a large body whose client left is not parsed (8 invalid ones: no parse error, no sentinels)', () =>
+    withProxy({ env: { PROXY_MAX_ACTIVATIONS: '1' } }, async (proxy) => {
+      assert.equal((await initScript(proxy, HANGING)).status, 200);
+      const first = proxy.post('/run', { value: { slow: true } });
+      await eventually(() => countLines(proxy, 'runs') === 1);
+      // 256 KiB: more than Node reads ahead, so the body waits unread and the client's leaving is seen
+      // only once it has been read, when its turn comes.
+      const invalid = `{"pad":"${'x'.repeat(256 * 1024)}","value": not JSON}`;
+      await Promise.all(Array.from({ length: 8 }, () => abandon(proxy.port, '/run', invalid, { closeAfterMs: 100 })));
+      assert.equal((await first).status, 200);
+      // A live request with the same body is parsed: its error is what the abandoned ones would have logged.
+      const live = await proxy.post('/run', '{"value": not JSON}');
+      assert.equal(live.status, 400);
+      const reason = /^The request body is not valid JSON: (.+)\.$/.exec((live.json() as { error: string }).error)?.[1];
+      assert.ok(reason, live.text);
+      await proxy.sentinels(2);
+      assert.equal(proxy.stderr.text.split(`${reason}\n`).length - 1, 1, proxy.stderr.text);
+      assert.equal(proxy.stdout.sentinels, 2, 'sentinels for the live requests only');
+    }));
+
   for (const mode of ['a process per activation', 'action-loop mode'] as const) {
     test(`running, ${mode}: the process group is killed, logs then the line then sentinels, the slot is free at once`, () =>
       withProxy({ env: { PROXY_MAX_ACTIVATIONS: '1', ...(mode === 'action-loop mode' ? { PROXY_ACTION_LOOP: '1' } : {}) } }, async (proxy) => {
