@@ -193,6 +193,11 @@ async function spawnProxy(extraEnv: NodeJS.ProcessEnv = {}, command = [process.e
     env: { ...ENV, FLASK_PROXY_PORT: String(port), PROXY_ACTION_DIR: dir, ...extraEnv },
     stdio: ['ignore', 'ignore', 'ignore'],
   });
+  return serving(child, port, dir);
+}
+
+/** A server started as `child` on `port` with its folder `dir`; stopping it kills it and removes the folder. */
+function serving(child: ChildProcess, port: number, dir: string): Proxy {
   const exited = new Promise((resolve) => child.once('close', resolve));
   return {
     port,
@@ -673,20 +678,13 @@ async function startGoActionLoop(): Promise<Proxy | undefined> {
   const binary = process.env.OW_ACTIONLOOP_PROXY;
   if (!binary) return undefined;
   const dir = mkdtempSync(join(tmpdir(), 'proxy-bench-go-'));
-  const child = spawn(binary, [], { cwd: dir, env: ENV, stdio: ['ignore', 'ignore', 'ignore'] });
-  const exited = new Promise((resolve) => child.once('close', resolve));
+  const go = serving(spawn(binary, [], { cwd: dir, env: ENV, stdio: ['ignore', 'ignore', 'ignore'] }), GO_ACTIONLOOP_PORT, dir);
   const init = await postWhenUp(GO_ACTIONLOOP_PORT, '/init', initBody(TRIVIAL_LOOP));
-  if (init.status !== 200) throw new Error(`the Go actionloop proxy's init failed: ${init.text}`);
-  return {
-    port: GO_ACTIONLOOP_PORT,
-    dir,
-    child,
-    async stop() {
-      child.kill('SIGKILL');
-      await exited;
-      rmSync(dir, { recursive: true, force: true });
-    },
-  };
+  if (init.status !== 200) {
+    await go.stop();
+    throw new Error(`the Go actionloop proxy's init failed: ${init.text}`);
+  }
+  return go;
 }
 
 /**
