@@ -196,8 +196,15 @@ async function spawnProxy(extraEnv: NodeJS.ProcessEnv = {}, command = [process.e
   return serving(child, port, dir);
 }
 
+// Every server started and not yet stopped: a bench that fails midway leaves none running.
+const servers = new Set<ChildProcess>();
+process.on('exit', () => {
+  for (const child of servers) child.kill('SIGKILL');
+});
+
 /** A server started as `child` on `port` with its folder `dir`; stopping it kills it and removes the folder. */
 function serving(child: ChildProcess, port: number, dir: string): Proxy {
+  servers.add(child);
   const exited = new Promise((resolve) => child.once('close', resolve));
   return {
     port,
@@ -206,6 +213,7 @@ function serving(child: ChildProcess, port: number, dir: string): Proxy {
     async stop() {
       child.kill('SIGKILL');
       await exited;
+      servers.delete(child);
       rmSync(dir, { recursive: true, force: true });
     },
   };
