@@ -10,6 +10,7 @@ import type { Writable } from 'node:stream';
 import { measure, type Parts } from './timing.ts';
 import { DEFAULT_ARCHIVE_LIMITS, formatOf, headOf, liftSingleFolder, writeAll, type ArchiveLimits } from './archive.ts';
 import { debug } from './diagnostics.ts';
+import { collectGarbage } from './memory.ts';
 
 /** The folders an install makes in the action directory; any found at the next install are leftovers. */
 const STAGING_PREFIX = '.proxy-init-';
@@ -183,26 +184,13 @@ function decodeBase64(code: string | Buffer[], fd: number): void {
 
 const EMPTY = Buffer.alloc(0);
 
-let gc: (() => void) | undefined;
-
-/** Code from this size on is followed by a garbage collection (collectGarbage). */
-const LARGE_CODE = 8 * 1024 * 1024;
-
 /**
- * A full garbage collection, now. After a large code is decoded, the request body's chunks (up to
- * 128 MiB) are garbage, and extracting the archive makes as much again of short-lived buffers: left to
- * V8's own pace, the two pile up (measured: the 63 MiB init of a 47 MiB .tar.gz peaked at +95-127 MiB
- * on Node 24, against +80 MiB with this).
+ * Code from this size on is followed by a full garbage collection. After a large code is decoded, the
+ * request body's chunks (up to 128 MiB) are garbage, and extracting the archive makes as much again of
+ * short-lived buffers: left to V8's own pace, the two pile up (measured: the 63 MiB init of a 47 MiB
+ * .tar.gz peaked at +95-127 MiB on Node 24, against +80 MiB with this).
  */
-async function collectGarbage(): Promise<void> {
-  if (!gc) {
-    // Loaded here, not at start-up: node:v8 alone costs a cold proxy about 2 ms.
-    const [{ setFlagsFromString }, { runInNewContext }] = await Promise.all([import('node:v8'), import('node:vm')]);
-    setFlagsFromString('--expose-gc');
-    gc = runInNewContext('gc') as () => void;
-  }
-  gc();
-}
+const LARGE_CODE = 8 * 1024 * 1024;
 
 /** A script that arrived as plain ASCII pieces (initbody.ts): JSON forbids control characters in it. */
 function scriptOf(pieces: Buffer[]): Buffer {

@@ -11,7 +11,7 @@ import { isatty } from 'node:tty';
 import { fileURLToPath } from 'node:url';
 import { closeConnections, failure, sendError, use } from './protocol.ts';
 import { listening } from './timing.ts';
-import { ActionRunner, DEFAULT_MAX_RESULT_BYTES, DEFAULT_MAX_WAITING } from './runner.ts';
+import { ActionRunner, DEFAULT_IDLE_GC_MS, DEFAULT_MAX_RESULT_BYTES, DEFAULT_MAX_WAITING } from './runner.ts';
 import { MESSAGES, ProxyError } from './errors.ts';
 import type { ArchiveLimits } from './archive.ts';
 import { versionLine } from './diagnostics.ts';
@@ -51,6 +51,8 @@ export interface ProxyConfig {
   ackTimeoutMs: number;
   /** Action-loop mode: how long a process beyond the first may stay idle; 0 keeps every process. */
   loopIdleMs: number;
+  /** How long with no activation before a full garbage collection gives memory back; 0: never. */
+  idleGcMs: number;
   /** OW_COMPILER: compiles an init's files when `exec` is not a program already. */
   compiler: string | undefined;
   /** OW_EXECUTION_ENV: what the action's `exec.env` must hold. */
@@ -92,6 +94,7 @@ export function configFromEnv(env: NodeJS.ProcessEnv = process.env): ProxyConfig
     ack: Boolean(env.OW_WAIT_FOR_ACK),
     ackTimeoutMs: 1000 * integer(env, 'PROXY_ACK_TIMEOUT_SECONDS', 30, 0, 86_400),
     loopIdleMs: 1000 * integer(env, 'PROXY_LOOP_IDLE_SECONDS', 10, 0, 86_400),
+    idleGcMs: 1000 * integer(env, 'PROXY_IDLE_GC_SECONDS', DEFAULT_IDLE_GC_MS / 1000, 0, 86_400),
     compiler: env.OW_COMPILER || undefined,
     executionEnv: env.OW_EXECUTION_ENV || undefined,
     serverTiming: env.PROXY_SERVER_TIMING ? integer(env, 'PROXY_SERVER_TIMING', 0, 0, 1) === 1 : undefined,
@@ -192,6 +195,7 @@ export async function start(options: StartOptions = {}): Promise<Server> {
       actionLoop: config.actionLoop ? { ack: config.ack, ackTimeoutMs: config.ackTimeoutMs, idleMs: config.loopIdleMs } : undefined,
       compiler: config.compiler,
       executionEnv: config.executionEnv,
+      idleGcMs: config.idleGcMs,
     });
   // Server-Timing: on for the invoker's routes unless turned off; Knative answers are public, so only on request.
   const serverTiming = config.platform === 'knative' ? config.serverTiming === true : config.serverTiming !== false;

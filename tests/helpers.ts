@@ -343,6 +343,12 @@ export function rss(pid: number): number {
   return Number(match?.[1]) * 1024;
 }
 
+/** A process's anonymous memory (`Anonymous` in smaps_rollup), in bytes (Linux). */
+export function anonymous(pid: number): number {
+  const match = /^Anonymous:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'));
+  return Number(match?.[1]) * 1024;
+}
+
 /** The processes in a process group (Linux). */
 export function groupMembers(group: number): number[] {
   const members: number[] = [];
