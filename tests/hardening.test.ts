@@ -7,9 +7,8 @@ import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
-import { PROXY, SENTINEL, exchange, initScript, openFds, peakRss, startProxy, withProxy, withTempDir, zipBase64 } from './helpers.ts';
+import { MiB, PROXY, SENTINEL, exchange, initScript, openFds, peakRss, startProxy, withProxy, withTempDir, zipBase64 } from './helpers.ts';
 
-const MiB = 1024 * 1024;
 // Prints its argument back: the result is exactly the text it was given.
 const ECHO = '#!/bin/sh\nprintf "%s\\n" "$1"\n';
 

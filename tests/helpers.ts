@@ -343,6 +343,8 @@ export function rss(pid: number): number {
   return Number(match?.[1]) * 1024;
 }
 
+export const MiB = 1024 * 1024;
+
 /** A process's anonymous memory (`Anonymous` in smaps_rollup), in bytes (Linux). */
 export function anonymous(pid: number): number {
   const match = /^Anonymous:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'));

@@ -4,9 +4,8 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { describe, test } from 'node:test';
-import { exchange, peakRss, withProxy, type RunningProxy } from './helpers.ts';
+import { MiB, exchange, peakRss, withProxy, type RunningProxy } from './helpers.ts';
 
-const MiB = 1024 * 1024;
 // Answers `respond` from its arguments when there is one, else {"args": <its arguments as sent>, "env": …}.
 const RESPONDER = `#!/usr/bin/env node
 const input = require('fs').readFileSync(0, 'utf8');

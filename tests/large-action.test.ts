@@ -6,11 +6,10 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { describe, test } from 'node:test';
 import { gzipSync } from 'node:zlib';
-import { peakRss, rss, withProxy } from './helpers.ts';
+import { MiB, peakRss, rss, withProxy } from './helpers.ts';
 import { craftTar } from './tarcraft.ts';
 import { craftZip } from './zipcraft.ts';
 
-const MiB = 1024 * 1024;
 // Random bytes: nothing compresses, so the archive is as large as its contents.
 const BLOB = randomBytes(47 * MiB - 4096);
 const EXEC = '#!/bin/bash\necho "{\\"size\\":$(stat -c %s blob),\\"sum\\":\\"$(md5sum < blob | cut -c1-32)\\"}"\n';

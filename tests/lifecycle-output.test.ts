@@ -4,6 +4,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import {
+  MiB,
   SENTINEL,
   abandon,
   alive,
@@ -20,7 +21,6 @@ import {
   type RunningProxy,
 } from './helpers.ts';
 
-const MiB = 1024 * 1024;
 const MODES = ['a process per activation', 'action-loop mode'] as const;
 
 /** Runs `fn` with a proxy in `mode`, initialized with that mode's form of the action. */

@@ -7,6 +7,7 @@ import { connect } from 'node:net';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import {
+  MiB,
   SENTINEL,
   abandon,
   alive,
@@ -24,7 +25,6 @@ import {
   type RunningProxy,
 } from './helpers.ts';
 
-const MiB = 1024 * 1024;
 const CANCELLED = 'The client closed the connection; the activation was stopped.\n';
 
 // A per-activation action: counts its runs; with "hang" in its arguments it starts a background child
