@@ -106,7 +106,7 @@ export class ActionRunner {
   private activations = 0;
   private readonly idleGcMs: number;
   private idleCheck: NodeJS.Timeout | undefined;
-  private rssAfterCollection = 0;
+  private rssAfterCollection: number | undefined;
 
   constructor(options: RunnerOptions) {
     // Absolute, because the action runs with the action directory as its working directory.
@@ -300,17 +300,24 @@ export class ActionRunner {
    * activation; the collection blocks for 15-20 ms, once per idle period, never while anything runs.
    */
   private watchForIdleness(): void {
-    this.rssAfterCollection = process.memoryUsage.rss();
+    this.rssAfterCollection = residentSet();
     let seen = this.activations;
+    let collectedAt = 0;
     this.idleCheck = setInterval(() => {
       const idle = seen === this.activations && this.running === 0 && this.waiting.length === 0;
       seen = this.activations;
-      if (!idle || process.memoryUsage.rss() < this.rssAfterCollection + IDLE_GC_GROWTH) return;
-      const before = process.memoryUsage.rss();
-      void collectGarbage(true).then(() => {
-        this.rssAfterCollection = process.memoryUsage.rss();
-        debug(() => `idle: a full garbage collection, resident set ${mebibytes(before)} -> ${mebibytes(this.rssAfterCollection)} MiB`);
-      });
+      if (!idle || collectedAt === this.activations) return;
+      // Where /proc can't be read (a scratch root), the growth is unknown: one collection after activity.
+      const before = residentSet();
+      if (before !== undefined && this.rssAfterCollection !== undefined && before < this.rssAfterCollection + IDLE_GC_GROWTH) return;
+      collectedAt = this.activations;
+      collectGarbage(true).then(
+        () => {
+          this.rssAfterCollection = residentSet();
+          debug(() => `idle: a full garbage collection, resident set ${mebibytes(before)} -> ${mebibytes(this.rssAfterCollection)} MiB`);
+        },
+        (error: Error) => debug(() => `idle: no garbage collection (${error.message})`),
+      );
     }, this.idleGcMs).unref();
   }
 
@@ -329,8 +336,17 @@ export class ActionRunner {
   }
 }
 
-function mebibytes(bytes: number): string {
-  return (bytes / 1048576).toFixed(1);
+function mebibytes(bytes: number | undefined): string {
+  return bytes === undefined ? '?' : (bytes / 1048576).toFixed(1);
+}
+
+/** The process's resident set in bytes; undefined where Node can't read it (no /proc). */
+function residentSet(): number | undefined {
+  try {
+    return process.memoryUsage.rss();
+  } catch {
+    return undefined;
+  }
 }
 
 /** An activation waiting for a slot. */

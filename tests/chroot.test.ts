@@ -10,7 +10,7 @@ import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, realpa
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { test } from 'node:test';
-import { PROXY, ROOT, STUB, initScript, withProxy, withTempDir, zipBase64 } from './helpers.ts';
+import { PROXY, ROOT, STUB, eventually, initScript, withProxy, withTempDir, zipBase64 } from './helpers.ts';
 
 /** The executable and every shared library it loads, as absolute paths. */
 function withLibraries(executable: string): string[] {
@@ -50,7 +50,7 @@ test('the proxy runs shell and zip actions in a root filesystem of node, /bin/sh
       {
         command: ['chroot', root, ...imageCommand()],
         // Docker's default PATH (chroot is in /usr/sbin here; node in /usr/local/bin inside).
-        env: { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', PROXY_ACTION_DIR: '/action', PROXY_ALLOW_REINIT: '1' },
+        env: { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', PROXY_ACTION_DIR: '/action', PROXY_ALLOW_REINIT: '1', PROXY_IDLE_GC_SECONDS: '1', PROXY_DEBUG: '1' },
       },
       async (proxy) => {
         assert.deepEqual((await proxy.post('/run', { value: {} })).json(), { error: 'This is a stub action. Replace it with custom logic.' });
@@ -68,6 +68,9 @@ test('the proxy runs shell and zip actions in a root filesystem of node, /bin/sh
         assert.deepEqual((await proxy.post('/run', { value: {} })).json(), { zip: 'hello from a zip' });
         await proxy.sentinels(3);
         assert.match(proxy.stderr.text, /from a script in \/action\n/);
+        // No /proc here: the process's size can't be read, and the idle collection runs once after activity.
+        assert.ok(await eventually(() => /proxy: idle: a full garbage collection, resident set \? -> \? MiB/.test(proxy.stderr.text)), proxy.stderr.text);
+        assert.deepEqual((await proxy.post('/run', { value: {} })).json(), { zip: 'hello from a zip' });
       },
     );
   } finally {
