@@ -199,9 +199,14 @@ describe('the pool follows the load', () => {
       assert.equal((await initScript(proxy, '#!/bin/bash\nwhile read -r line; do sleep 0.5; echo \'{"ok":true}\' >&3; done\n')).status, 200);
       assert.equal((await proxy.post('/run', { value: {} })).status, 200);
       const fds = openFds(proxy.child.pid!);
+      // The most processes seen during the burst (on a loaded machine the first may have been stopped
+      // for idleness before the last answered).
+      let most = 0;
+      const watch = setInterval(() => (most = Math.max(most, childPids(proxy.child.pid!).length)), 20);
       const answers = await Promise.all(Array.from({ length: 300 }, () => proxy.post('/run', { value: {} })));
+      clearInterval(watch);
       assert.ok(answers.every((answer) => answer.status === 200));
-      assert.ok(childPids(proxy.child.pid!).length > 100, 'the burst needed many processes');
+      assert.ok(most > 100, `the burst needed many processes (${most} seen)`);
       const shrunk = await eventually(() => childPids(proxy.child.pid!).length <= 1 && openFds(proxy.child.pid!) <= fds + 5, 20_000);
       assert.ok(shrunk, `${childPids(proxy.child.pid!).length} processes, ${openFds(proxy.child.pid!)} descriptors (was ${fds})`);
       assert.equal((await proxy.post('/run', { value: {} })).status, 200);
@@ -219,7 +224,7 @@ describe('memory follows the load: a full garbage collection once idle (PROXY_ID
   async function burst(proxy: RunningProxy): Promise<void> {
     let sent = 0;
     await Promise.all(Array.from({ length: 8 }, async () => {
-      while (sent++ < 5000) assert.equal((await proxy.post('/run', { value: {} })).status, 200);
+      while (sent++ < 3000) assert.equal((await proxy.post('/run', { value: {} })).status, 200);
     }));
   }
 
