@@ -102,8 +102,12 @@ export class ActionRunner {
   private readonly executor: Executor;
   private readonly compiler: string | undefined;
   private readonly executionEnv: string | undefined;
-  /** Activations run so far, and the check for idleness that compares them (started with the first). */
+  /**
+   * Activations started so far and running now (counted here, not by slot: a library may run without
+   * one), and the check for idleness that compares them (started with the first).
+   */
   private activations = 0;
+  private inFlight = 0;
   private readonly idleGcMs: number;
   private idleCheck: NodeJS.Timeout | undefined;
   private rssAfterCollection: number | undefined;
@@ -289,7 +293,12 @@ export class ActionRunner {
     const activation: Activation = { ...message, env: this.activationEnv(message.fields) };
     this.activations++;
     if (!this.idleCheck && this.idleGcMs > 0) this.watchForIdleness();
-    return measure(parts, 'action', () => this.executor.run(activation, signal));
+    this.inFlight++;
+    try {
+      return await measure(parts, 'action', () => this.executor.run(activation, signal));
+    } finally {
+      this.inFlight--;
+    }
   }
 
   /**
@@ -304,7 +313,7 @@ export class ActionRunner {
     let seen = this.activations;
     let collectedAt = 0;
     this.idleCheck = setInterval(() => {
-      const idle = seen === this.activations && this.running === 0 && this.waiting.length === 0;
+      const idle = seen === this.activations && this.inFlight === 0 && this.waiting.length === 0;
       seen = this.activations;
       if (!idle || collectedAt === this.activations) return;
       // Where /proc can't be read (a scratch root), the growth is unknown: one collection after activity.
