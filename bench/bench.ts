@@ -189,7 +189,7 @@ interface Proxy {
 
 async function spawnProxy(extraEnv: NodeJS.ProcessEnv = {}, command = [process.execPath, ...PROXY_FLAGS, PROXY], base = tmpdir()): Promise<Proxy> {
   const port = await freePort();
-  const dir = mkdtempSync(join(base, 'proxy-bench-'));
+  const dir = makeFolder('proxy-bench-', base);
   copyFileSync(STUB, join(dir, 'exec'));
   const child = spawn(command[0]!, command.slice(1), {
     env: { ...ENV, FLASK_PROXY_PORT: String(port), PROXY_ACTION_DIR: dir, ...extraEnv },
@@ -198,11 +198,26 @@ async function spawnProxy(extraEnv: NodeJS.ProcessEnv = {}, command = [process.e
   return serving(child, port, dir);
 }
 
-// Every server started and not yet stopped: a bench that fails midway leaves none running.
+// Every server started and not yet stopped, and every folder made and not yet removed: a bench that
+// fails midway leaves none of them behind.
 const servers = new Set<ChildProcess>();
+const folders = new Set<string>();
 process.on('exit', () => {
   for (const child of servers) child.kill('SIGKILL');
+  for (const folder of folders) rmSync(folder, { recursive: true, force: true });
 });
+
+/** A new temporary folder (removed at exit if not before, by removeFolder). */
+function makeFolder(prefix: string, base = tmpdir()): string {
+  const folder = mkdtempSync(join(base, prefix));
+  folders.add(folder);
+  return folder;
+}
+
+function removeFolder(folder: string): void {
+  rmSync(folder, { recursive: true, force: true });
+  folders.delete(folder);
+}
 
 /** A server started as `child` on `port` with its folder `dir`; stopping it kills it and removes the folder. */
 function serving(child: ChildProcess, port: number, dir: string): Proxy {
@@ -216,7 +231,7 @@ function serving(child: ChildProcess, port: number, dir: string): Proxy {
       child.kill('SIGKILL');
       await exited;
       servers.delete(child);
-      rmSync(dir, { recursive: true, force: true });
+      removeFolder(dir);
     },
   };
 }
@@ -520,7 +535,7 @@ async function main(): Promise<void> {
   await proxy.stop();
 
   // Archives: the whole /init against `unzip -q` and `tar -xzf` of the same tree.
-  const work = mkdtempSync(join(FAST_FS, 'proxy-bench-zip-'));
+  const work = makeFolder('proxy-bench-zip-', FAST_FS);
   try {
     const archive = makeBigArchive(work);
     const formats: Array<[name: string, path: string, floorName: string, extract: (to: string) => void]> = [
@@ -557,7 +572,7 @@ async function main(): Promise<void> {
       add({ metric: `/init of a ${(bytes.length / 2 ** 20).toFixed(0)} MiB, 2001-file ${name} (on ${FAST_FS})`, value: median(init), unit: 'ms', floor: median(tool), floorName, limit: 1.1 });
     }
   } finally {
-    rmSync(work, { recursive: true, force: true });
+    removeFolder(work);
   }
 
   // Size: what the proxy adds to its base image.
@@ -687,7 +702,7 @@ const GO_ACTIONLOOP_PORT = 8080;
 async function startGoActionLoop(): Promise<Proxy | undefined> {
   const binary = process.env.OW_ACTIONLOOP_PROXY;
   if (!binary) return undefined;
-  const dir = mkdtempSync(join(tmpdir(), 'proxy-bench-go-'));
+  const dir = makeFolder('proxy-bench-go-');
   const go = serving(spawn(binary, [], { cwd: dir, env: ENV, stdio: ['ignore', 'ignore', 'ignore'] }), GO_ACTIONLOOP_PORT, dir);
   const init = await postWhenUp(GO_ACTIONLOOP_PORT, '/init', initBody(TRIVIAL_LOOP));
   if (init.status !== 200) {
@@ -704,7 +719,7 @@ async function startGoActionLoop(): Promise<Proxy | undefined> {
 async function loopMode(add: (row: Omit<Row, 'ratio'>) => void): Promise<void> {
   const loopProxy = await spawnProxy({ PROXY_ACTION_LOOP: '1' });
   // The per-activation form of the action, spawned directly, in a folder of its own.
-  const directDir = mkdtempSync(join(tmpdir(), 'proxy-bench-direct-'));
+  const directDir = makeFolder('proxy-bench-direct-');
   writeFileSync(join(directDir, 'exec'), TRIVIAL, { mode: 0o755 });
   const direct = () => directSpawn(join(directDir, 'exec'), directDir);
   await ready(loopProxy);
@@ -767,7 +782,7 @@ async function loopMode(add: (row: Omit<Row, 'ratio'>) => void): Promise<void> {
   for (const agent of agents) agent.destroy();
   await floor.stop();
   await loopProxy.stop();
-  rmSync(directDir, { recursive: true, force: true });
+  removeFolder(directDir);
 }
 
 // openwhisk-runtime-nodejs listens on 8080 whatever it is told: this preload moves it to FLASK_PROXY_PORT.
@@ -802,7 +817,7 @@ async function nodejsRuntimes(add: (row: Omit<Row, 'ratio'>) => void): Promise<v
     console.error('Node.js runtime rows skipped: OW_RUNTIME_NODEJS does not name a checkout of apache/openwhisk-runtime-nodejs with core/nodejsActionBase\'s dependencies installed');
     return;
   }
-  const preload = join(mkdtempSync(join(tmpdir(), 'proxy-bench-preload-')), 'port.cjs');
+  const preload = join(makeFolder('proxy-bench-preload-'), 'port.cjs');
   writeFileSync(preload, PORT_PRELOAD);
   const init = JSON.stringify({ value: { code: 'function main(params) { return { greeting: "hello " + (params.name || "world") }; }', main: 'main' } });
   const run = '{"value":{"name":"you"}}';
@@ -832,7 +847,7 @@ async function nodejsRuntimes(add: (row: Omit<Row, 'ratio'>) => void): Promise<v
   } finally {
     await servers.ours.stop();
     await servers.theirs.stop();
-    rmSync(dirname(preload), { recursive: true, force: true });
+    removeFolder(dirname(preload));
   }
 }
 
