@@ -102,12 +102,8 @@ export class ActionRunner {
   private readonly executor: Executor;
   private readonly compiler: string | undefined;
   private readonly executionEnv: string | undefined;
-  /**
-   * Activations started so far and running now (counted here, not by slot: a library may run without
-   * one), and the check for idleness that compares them (started with the first).
-   */
+  /** Activations started so far, and the check for idleness that compares them (started with the first). */
   private activations = 0;
-  private inFlight = 0;
   private readonly idleGcMs: number;
   private idleCheck: NodeJS.Timeout | undefined;
   private rssAfterCollection: number | undefined;
@@ -293,12 +289,7 @@ export class ActionRunner {
     const activation: Activation = { ...message, env: this.activationEnv(message.fields) };
     this.activations++;
     if (!this.idleCheck && this.idleGcMs > 0) this.watchForIdleness();
-    this.inFlight++;
-    try {
-      return await measure(parts, 'action', () => this.executor.run(activation, signal));
-    } finally {
-      this.inFlight--;
-    }
+    return measure(parts, 'action', () => this.executor.run(activation, signal));
   }
 
   /**
@@ -313,7 +304,8 @@ export class ActionRunner {
     let seen = this.activations;
     let collectedAt = 0;
     this.idleCheck = setInterval(() => {
-      const idle = seen === this.activations && this.inFlight === 0 && this.waiting.length === 0;
+      // Nothing started since the last look, and no slot is held (run() is only called in one).
+      const idle = seen === this.activations && this.running === 0 && this.waiting.length === 0;
       seen = this.activations;
       if (!idle || collectedAt === this.activations) return;
       // Where /proc can't be read (a scratch root), the growth is unknown: one collection after activity.
