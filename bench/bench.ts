@@ -9,6 +9,7 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { Agent, request } from 'node:http';
+import * as nodeModule from 'node:module';
 import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -134,7 +135,7 @@ const HANGING_WEB_ACTION = '#!/bin/bash\ncase "$1" in *hang*) sleep 300 ;; esac\
 // Every measured Node process gets this environment: NODE_EXTRA_CA_CERTS costs start-up time on some
 // machines and is not set in containers.
 const ENV: NodeJS.ProcessEnv = { ...process.env };
-for (const key of ['NODE_EXTRA_CA_CERTS', 'NODE_OPTIONS']) delete ENV[key];
+for (const key of ['NODE_EXTRA_CA_CERTS', 'NODE_OPTIONS', 'NODE_COMPILE_CACHE']) delete ENV[key];
 
 const median = (values: number[]): number => percentile(values, 50);
 function percentile(values: number[], p: number): number {
@@ -261,9 +262,9 @@ async function readyTime(command?: string[]): Promise<number> {
 }
 
 /** Spawn → init → first run, and its parts: until the /init is answered, and the first /run. */
-async function coldTime(command?: string[]): Promise<{ total: number; init: number; run: number }> {
+async function coldTime(command?: string[], env: NodeJS.ProcessEnv = {}): Promise<{ total: number; init: number; run: number }> {
   const start = now();
-  const proxy = await spawnProxy({}, command);
+  const proxy = await spawnProxy(env, command);
   const init = await postWhenUp(proxy.port, '/init', initBody(TRIVIAL));
   const initialized = now();
   const run = await post(proxy.port, '/run', '{"value":{}}', false);
@@ -278,9 +279,9 @@ async function coldTime(command?: string[]): Promise<{ total: number; init: numb
  * `carryingCode`: the floor first loads the proxy's bundle (without starting it), the least any server
  * that ships this code in one file pays.
  */
-async function floorColdTime(carryingCode = false): Promise<number> {
+async function floorColdTime(carryingCode = false, env: NodeJS.ProcessEnv = {}): Promise<number> {
   const start = now();
-  const floor = await spawnFloor(carryingCode);
+  const floor = await spawnFloor(carryingCode, env);
   await postWhenUp(floor.port, '/init', initBody(TRIVIAL));
   const run = await post(floor.port, '/run', '{"value":{}}', false);
   const elapsed = now() - start;
@@ -289,9 +290,27 @@ async function floorColdTime(carryingCode = false): Promise<number> {
   return elapsed;
 }
 
+/**
+ * V8's compile cache of the proxy as the image carries it (Node 22.1 and later; undefined before): a folder
+ * made by one cold start that then exits on SIGTERM, when Node writes the cache.
+ */
+async function makeCompileCache(): Promise<string | undefined> {
+  if (!('enableCompileCache' in nodeModule)) return undefined;
+  const cache = makeFolder('proxy-bench-compile-cache-');
+  const proxy = await spawnProxy({ NODE_COMPILE_CACHE: cache });
+  await postWhenUp(proxy.port, '/init', initBody(TRIVIAL));
+  await post(proxy.port, '/run', '{"value":{}}', false);
+  const exited = new Promise((resolve) => proxy.child.once('close', resolve));
+  proxy.child.kill('SIGTERM');
+  await exited;
+  await proxy.stop();
+  if (!readdirSync(cache).some((version) => readdirSync(join(cache, version)).length > 0)) throw new Error(`Node wrote no compile cache in ${cache}`);
+  return cache;
+}
+
 /** The smallest spawn-per-request server, with the trivial action in its folder. */
-async function spawnFloor(carryingCode = false): Promise<Proxy> {
-  const floor = await spawnProxy({}, [...FLOOR_NODE, '-e', `${carryingCode ? `require(${JSON.stringify(PROXY)});` : ''}${SPAWN_FLOOR_SERVER}`]);
+async function spawnFloor(carryingCode = false, env: NodeJS.ProcessEnv = {}): Promise<Proxy> {
+  const floor = await spawnProxy(env, [...FLOOR_NODE, '-e', `${carryingCode ? `require(${JSON.stringify(PROXY)});` : ''}${SPAWN_FLOOR_SERVER}`]);
   writeFileSync(join(floor.dir, 'exec'), TRIVIAL, { mode: 0o755 });
   return floor;
 }
@@ -439,6 +458,11 @@ async function main(): Promise<void> {
   const coldRun: number[] = [];
   const floorCold: number[] = [];
   const floorCarryingCode: number[] = [];
+  // As the image starts it: with V8's compile cache, the floor given the same cache folder.
+  const compileCache = await makeCompileCache();
+  const cached = { NODE_COMPILE_CACHE: compileCache };
+  const cachedCold: number[] = [];
+  const floorCachedCold: number[] = [];
   for (let i = 0; i < REPEAT; i++) {
     node.push(await nodeStartup());
     readySamples.push(await readyTime());
@@ -449,8 +473,16 @@ async function main(): Promise<void> {
     coldRun.push(parts.run);
     floorCold.push(await floorColdTime());
     floorCarryingCode.push(await floorColdTime(true));
+    if (compileCache) {
+      cachedCold.push((await coldTime(undefined, cached)).total);
+      floorCachedCold.push(await floorColdTime(false, cached));
+    }
   }
+  if (compileCache) removeFolder(compileCache);
   add({ metric: 'cold start (spawn → init → first run)', value: median(cold), unit: 'ms', floor: median(floorCold), floorName: 'spawn floor: spawn → init → first run', limit: 1.1 });
+  if (compileCache) {
+    add({ metric: "cold start with V8's compile cache, as the image starts (spawn → init → first run)", value: median(cachedCold), unit: 'ms', floor: median(floorCachedCold), floorName: 'spawn floor, the same', limit: 1.1 });
+  }
   // The share of the target that loading the proxy's code alone takes.
   add({ metric: "cold start of the spawn floor loading the proxy's code first (reference)", value: median(floorCarryingCode), unit: 'ms', floor: median(floorCold), floorName: 'spawn floor: spawn → init → first run' });
   add({ metric: 'cold start against node -e 0 (reference)', value: median(cold), unit: 'ms', floor: median(node), floorName: 'node -e 0' });
@@ -546,8 +578,12 @@ async function main(): Promise<void> {
       const bytes = readFileSync(path);
       // Encoded once here: the client's own string encoding is not the proxy's time.
       const body = Buffer.from(initBody(bytes.toString('base64'), true));
+      // A program of the archive's size: an /init that receives and decodes as much, and extracts nothing.
+      const program = Buffer.concat([Buffer.from('#!/bin/sh\n'), randomBytes(bytes.length - 10)]);
+      const programBody = Buffer.from(initBody(program.toString('base64'), true));
       const tool: number[] = [];
       const init: number[] = [];
+      const programInit: number[] = [];
       let extracted = 0;
       for (let i = 0; i < (QUICK ? 3 : 7); i++) {
         const unpacked = join(work, `unpacked${i}`);
@@ -567,9 +603,20 @@ async function main(): Promise<void> {
         init.push(now() - begin);
         if (answer.status !== 200) throw new Error(`${name} init failed: ${answer.text}`);
         await archiveProxy.stop();
+
+        const programProxy = await spawnProxy({}, undefined, FAST_FS);
+        await ready(programProxy);
+        execFileSync('sync');
+        const programBegin = now();
+        const programAnswer = await post(programProxy.port, '/init', programBody, false);
+        programInit.push(now() - programBegin);
+        if (programAnswer.status !== 200) throw new Error(`the program's init failed: ${programAnswer.text}`);
+        await programProxy.stop();
       }
       console.error(`${name} archive: ${bytes.length} bytes, ${extracted} bytes extracted`);
       add({ metric: `/init of a ${(bytes.length / 2 ** 20).toFixed(0)} MiB, 2001-file ${name} (on ${FAST_FS})`, value: median(init), unit: 'ms', floor: median(tool), floorName, limit: 1.1 });
+      // The tool reads a file; an /init first receives the body and decodes its base64 (the program's /init).
+      add({ metric: `/init of the ${name} against ${floorName} after receiving and decoding the same body (reference)`, value: median(init), unit: 'ms', floor: median(tool) + median(programInit), floorName: `${floorName} + the /init of a program of the archive's size (${round(median(programInit))} ms)` });
     }
   } finally {
     removeFolder(work);
