@@ -135,7 +135,7 @@ const HANGING_WEB_ACTION = '#!/bin/bash\ncase "$1" in *hang*) sleep 300 ;; esac\
 // Every measured Node process gets this environment: NODE_EXTRA_CA_CERTS costs start-up time on some
 // machines and is not set in containers.
 const ENV: NodeJS.ProcessEnv = { ...process.env };
-for (const key of ['NODE_EXTRA_CA_CERTS', 'NODE_OPTIONS', 'NODE_COMPILE_CACHE']) delete ENV[key];
+for (const key of ['NODE_EXTRA_CA_CERTS', 'NODE_OPTIONS', 'NODE_COMPILE_CACHE', 'PROXY_CODE_CACHE']) delete ENV[key];
 
 const median = (values: number[]): number => percentile(values, 50);
 function percentile(values: number[], p: number): number {
@@ -291,21 +291,37 @@ async function floorColdTime(carryingCode = false, env: NodeJS.ProcessEnv = {}):
 }
 
 /**
- * V8's compile cache of the proxy as the image carries it (Node 22.1 and later; undefined before): a folder
- * made by one cold start that then exits on SIGTERM, when Node writes the cache.
+ * V8's compiled code of the proxy as the image carries it, made by one cold start that then exits on
+ * SIGTERM, when it is written: the proxy's code cache (codecache.js) and, on Node 22.1 and later, Node's
+ * compile cache. Returns the folder that holds them and the environment that uses them.
  */
-async function makeCompileCache(): Promise<string | undefined> {
-  if (!('enableCompileCache' in nodeModule)) return undefined;
-  const cache = makeFolder('proxy-bench-compile-cache-');
-  const proxy = await spawnProxy({ NODE_COMPILE_CACHE: cache });
+async function makeCodeCaches(): Promise<{ folder: string; env: { PROXY_CODE_CACHE: string; NODE_COMPILE_CACHE?: string } }> {
+  const folder = makeFolder('proxy-bench-code-caches-');
+  const env: { PROXY_CODE_CACHE: string; NODE_COMPILE_CACHE?: string } = { PROXY_CODE_CACHE: join(folder, 'proxy') };
+  if ('enableCompileCache' in nodeModule) env.NODE_COMPILE_CACHE = join(folder, 'node');
+  const proxy = await spawnProxy({ ...env, PROXY_CODE_CACHE_WRITE: '1' });
   await postWhenUp(proxy.port, '/init', initBody(TRIVIAL));
   await post(proxy.port, '/run', '{"value":{}}', false);
   const exited = new Promise((resolve) => proxy.child.once('close', resolve));
   proxy.child.kill('SIGTERM');
   await exited;
   await proxy.stop();
-  if (!readdirSync(cache).some((version) => readdirSync(join(cache, version)).length > 0)) throw new Error(`Node wrote no compile cache in ${cache}`);
-  return cache;
+  const nodeCacheWritten = (dir: string): boolean => readdirSync(dir).some((version) => readdirSync(join(dir, version)).length > 0);
+  if (!existsSync(env.PROXY_CODE_CACHE) || (env.NODE_COMPILE_CACHE && !nodeCacheWritten(env.NODE_COMPILE_CACHE))) throw new Error(`the code caches were not written in ${folder}`);
+  return { folder, env };
+}
+
+/** How long an /init with `body` takes a fresh proxy whose action directory is on FAST_FS. */
+async function initTime(body: Buffer, what: string): Promise<number> {
+  const proxy = await spawnProxy({}, undefined, FAST_FS);
+  await ready(proxy);
+  execFileSync('sync');
+  const begin = now();
+  const answer = await post(proxy.port, '/init', body, false);
+  const elapsed = now() - begin;
+  if (answer.status !== 200) throw new Error(`${what} init failed: ${answer.text}`);
+  await proxy.stop();
+  return elapsed;
 }
 
 /** The smallest spawn-per-request server, with the trivial action in its folder. */
@@ -438,59 +454,19 @@ async function main(): Promise<void> {
     rows.push(full);
     console.error(`${full.metric}: ${full.value} ${full.unit} (floor ${full.floor}, ${full.ratio}x, target ${target(full) || 'none'})`);
   };
-  // BENCH_ONLY=<part>: only that part, results.json untouched: `loop` (action-loop mode), `line` (abandoned
-  // requests in line), `runtimes` (the Node.js runtime beside openwhisk-runtime-nodejs).
+  // BENCH_ONLY=<part>: only that part, results.json untouched: `cold` (start-up and cold start), `loop`
+  // (action-loop mode), `line` (abandoned requests in line), `runtimes` (the Node.js runtime beside
+  // openwhisk-runtime-nodejs), `baseline` (this build beside BENCH_BASELINE's).
   const only = process.env.BENCH_ONLY;
   if (only) {
-    const parts: Record<string, () => Promise<void>> = { loop: () => loopMode(add), line: () => abandonedLine(add), runtimes: () => nodejsRuntimes(add), baseline: () => againstBaseline(add) };
+    const parts: Record<string, () => Promise<void>> = { cold: () => startUp(add), loop: () => loopMode(add), line: () => abandonedLine(add), runtimes: () => nodejsRuntimes(add), baseline: () => againstBaseline(add) };
     if (!parts[only]) throw new Error(`BENCH_ONLY=${only}: not one of ${Object.keys(parts).join(', ')}`);
     await parts[only]();
     console.log(table(rows));
     return;
   }
 
-  // Start-up: interleaved so that machine noise hits all alike.
-  const node: number[] = [];
-  const readySamples: number[] = [];
-  const bareReady: number[] = [];
-  const cold: number[] = [];
-  const coldInit: number[] = [];
-  const coldRun: number[] = [];
-  const floorCold: number[] = [];
-  const floorCarryingCode: number[] = [];
-  // As the image starts it: with V8's compile cache, the floor given the same cache folder.
-  const compileCache = await makeCompileCache();
-  const cached = { NODE_COMPILE_CACHE: compileCache };
-  const cachedCold: number[] = [];
-  const floorCachedCold: number[] = [];
-  for (let i = 0; i < REPEAT; i++) {
-    node.push(await nodeStartup());
-    readySamples.push(await readyTime());
-    bareReady.push(await readyTime([...FLOOR_NODE, '-e', BARE_SERVER]));
-    const parts = await coldTime();
-    cold.push(parts.total);
-    coldInit.push(parts.init);
-    coldRun.push(parts.run);
-    floorCold.push(await floorColdTime());
-    floorCarryingCode.push(await floorColdTime(true));
-    if (compileCache) {
-      cachedCold.push((await coldTime(undefined, cached)).total);
-      floorCachedCold.push(await floorColdTime(false, cached));
-    }
-  }
-  if (compileCache) removeFolder(compileCache);
-  add({ metric: 'cold start (spawn → init → first run)', value: median(cold), unit: 'ms', floor: median(floorCold), floorName: 'spawn floor: spawn → init → first run', limit: 1.1 });
-  if (compileCache) {
-    add({ metric: "cold start with V8's compile cache, as the image starts (spawn → init → first run)", value: median(cachedCold), unit: 'ms', floor: median(floorCachedCold), floorName: 'spawn floor, the same', limit: 1.1 });
-  }
-  // The share of the target that loading the proxy's code alone takes.
-  add({ metric: "cold start of the spawn floor loading the proxy's code first (reference)", value: median(floorCarryingCode), unit: 'ms', floor: median(floorCold), floorName: 'spawn floor: spawn → init → first run' });
-  add({ metric: 'cold start against node -e 0 (reference)', value: median(cold), unit: 'ms', floor: median(node), floorName: 'node -e 0' });
-  // Where a cold start goes: until the /init is answered (start-up, then the init), and the first /run.
-  add({ metric: 'cold start, part: spawn → /init answered (reference)', value: median(coldInit), unit: 'ms', floor: median(bareReady), floorName: 'bare node:http server: spawn → first answer' });
-  add({ metric: 'cold start, part: the first /run (reference)', value: median(coldRun), unit: 'ms', floor: Math.max(0.01, median(floorCold) - median(bareReady)), floorName: 'spawn floor: its init and first run, less a bare server\'s start' });
-  add({ metric: 'ready (spawn → first HTTP answer) (reference)', value: median(readySamples), unit: 'ms', floor: median(bareReady), floorName: 'bare node:http server' });
-  add({ metric: 'ready, a bare node:http server (reference)', value: median(bareReady), unit: 'ms', floor: median(node), floorName: 'node -e 0' });
+  await startUp(add);
 
   // Warm runs, throughput and memory: the proxy and the spawn floor, each with the trivial action.
   const proxy = await spawnProxy();
@@ -595,23 +571,8 @@ async function main(): Promise<void> {
         extracted = treeBytes(unpacked);
         rmSync(unpacked, { recursive: true });
 
-        const archiveProxy = await spawnProxy({}, undefined, FAST_FS);
-        await ready(archiveProxy);
-        execFileSync('sync');
-        const begin = now();
-        const answer = await post(archiveProxy.port, '/init', body, false);
-        init.push(now() - begin);
-        if (answer.status !== 200) throw new Error(`${name} init failed: ${answer.text}`);
-        await archiveProxy.stop();
-
-        const programProxy = await spawnProxy({}, undefined, FAST_FS);
-        await ready(programProxy);
-        execFileSync('sync');
-        const programBegin = now();
-        const programAnswer = await post(programProxy.port, '/init', programBody, false);
-        programInit.push(now() - programBegin);
-        if (programAnswer.status !== 200) throw new Error(`the program's init failed: ${programAnswer.text}`);
-        await programProxy.stop();
+        init.push(await initTime(body, `the ${name}`));
+        programInit.push(await initTime(programBody, "the program's"));
       }
       console.error(`${name} archive: ${bytes.length} bytes, ${extracted} bytes extracted`);
       add({ metric: `/init of a ${(bytes.length / 2 ** 20).toFixed(0)} MiB, 2001-file ${name} (on ${FAST_FS})`, value: median(init), unit: 'ms', floor: median(tool), floorName, limit: 1.1 });
@@ -631,6 +592,49 @@ async function main(): Promise<void> {
   writeFileSync(join(ROOT, 'bench', 'results.json'), `${JSON.stringify(results, null, 2)}\n`);
   writeFileSync(join(ROOT, 'bench', 'results.svg'), chart(rows));
   console.log(table(rows));
+}
+
+/** Start-up: the cold start and its parts, against the floors; interleaved so that machine noise hits all alike. */
+async function startUp(add: (row: Omit<Row, 'ratio'>) => void): Promise<void> {
+  // As the image starts it: with V8's compiled code, the floor given the same environment.
+  const caches = await makeCodeCaches();
+  const samples: Record<string, number[]> = {};
+  const sample = (name: string, value: number): void => void (samples[name] ??= []).push(value);
+  const steps: Array<() => Promise<void>> = [
+    async () => sample('node', await nodeStartup()),
+    async () => sample('ready', await readyTime()),
+    async () => sample('bareReady', await readyTime([...FLOOR_NODE, '-e', BARE_SERVER])),
+    async () => {
+      const parts = await coldTime();
+      sample('cold', parts.total);
+      sample('coldInit', parts.init);
+      sample('coldRun', parts.run);
+    },
+    async () => sample('floorCold', await floorColdTime()),
+    async () => sample('floorCarryingCode', await floorColdTime(true)),
+  ];
+  steps.push(
+    async () => sample('cachedCold', (await coldTime(undefined, caches.env)).total),
+    async () => sample('floorCachedCold', await floorColdTime(false, caches.env)),
+  );
+  const nodeCache = caches.env.NODE_COMPILE_CACHE;
+  if (nodeCache) steps.push(async () => sample('nodeCachedCold', (await coldTime(undefined, { NODE_COMPILE_CACHE: nodeCache })).total));
+  // Each repetition starts one step later, so that no measurement always follows the same one (the
+  // previous server's exit can still be under way when the next starts).
+  for (let i = 0; i < REPEAT; i++) for (let j = 0; j < steps.length; j++) await steps[(i + j) % steps.length]!();
+  const m = (name: string): number => median(samples[name] ?? []);
+  removeFolder(caches.folder);
+  add({ metric: 'cold start (spawn → init → first run)', value: m('cold'), unit: 'ms', floor: m('floorCold'), floorName: 'spawn floor: spawn → init → first run', limit: 1.1 });
+  add({ metric: `cold start as the image starts, with V8's compiled code (${nodeCache ? "the proxy's code cache and Node's compile cache" : "the proxy's code cache"})`, value: m('cachedCold'), unit: 'ms', floor: m('floorCachedCold'), floorName: 'spawn floor, the same environment', limit: 1.1 });
+  if (nodeCache) add({ metric: "cold start with Node's compile cache alone, without the proxy's code cache (reference)", value: m('nodeCachedCold'), unit: 'ms', floor: m('floorCachedCold'), floorName: 'spawn floor, the same environment' });
+  // The share of the target that loading the proxy's code alone takes.
+  add({ metric: "cold start of the spawn floor loading the proxy's code first (reference)", value: m('floorCarryingCode'), unit: 'ms', floor: m('floorCold'), floorName: 'spawn floor: spawn → init → first run' });
+  add({ metric: 'cold start against node -e 0 (reference)', value: m('cold'), unit: 'ms', floor: m('node'), floorName: 'node -e 0' });
+  // Where a cold start goes: until the /init is answered (start-up, then the init), and the first /run.
+  add({ metric: 'cold start, part: spawn → /init answered (reference)', value: m('coldInit'), unit: 'ms', floor: m('bareReady'), floorName: 'bare node:http server: spawn → first answer' });
+  add({ metric: 'cold start, part: the first /run (reference)', value: m('coldRun'), unit: 'ms', floor: Math.max(0.01, m('floorCold') - m('bareReady')), floorName: 'spawn floor: its init and first run, less a bare server\'s start' });
+  add({ metric: 'ready (spawn → first HTTP answer) (reference)', value: m('ready'), unit: 'ms', floor: m('bareReady'), floorName: 'bare node:http server' });
+  add({ metric: 'ready, a bare node:http server (reference)', value: m('bareReady'), unit: 'ms', floor: m('node'), floorName: 'node -e 0' });
 }
 
 /**

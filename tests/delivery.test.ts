@@ -4,11 +4,11 @@
 
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { chmodSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
-import { PROXY, ROOT, eventually, tree, withProxy, withTempDir } from './helpers.ts';
+import { PROXY, ROOT, eventually, initScript, tree, withProxy, withTempDir } from './helpers.ts';
 
 const VERSION = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }).version;
 
@@ -166,6 +166,54 @@ describe('version and diagnostics', { concurrency: true }, () => {
         socket.on('error', (error: NodeJS.ErrnoException) => resolve(error.code ?? error.message));
       });
       assert.equal(refused, 'ECONNREFUSED', 'another loopback address is not served');
+    }));
+});
+
+describe("the code cache (PROXY_CODE_CACHE): V8's code of a cold start, for the image", { concurrency: true }, () => {
+  const ECHO = '#!/bin/sh\necho "{\\"args\\":$1}"\n';
+
+  /** Starts the proxy writing the code cache, has it answer `activations` inits and runs, stops it; the cache's size. */
+  async function writeCache(cache: string, activations: number): Promise<number> {
+    await withProxy({ env: { PROXY_CODE_CACHE: cache, PROXY_CODE_CACHE_WRITE: '1' } }, async (proxy) => {
+      for (let i = 0; i < activations; i++) {
+        assert.equal((await initScript(proxy, ECHO)).status, 200);
+        assert.deepEqual((await proxy.post('/run', { value: { i } })).json(), { args: { i } });
+      }
+      proxy.child.kill('SIGTERM');
+      assert.equal((await proxy.exited).code, 0);
+    });
+    return statSync(cache).size;
+  }
+
+  test('PROXY_CODE_CACHE_WRITE=1 writes it at exit, with the code the activations compiled; a start with it uses it', () =>
+    withTempDir(async (dir) => {
+      const afterStart = await writeCache(join(dir, 'start-only'), 0);
+      const cache = join(dir, 'code-cache');
+      const afterActivations = await writeCache(cache, 1);
+      // V8 compiles most functions on their first call: a cache taken after an init and a run holds them.
+      assert.ok(afterActivations > afterStart + 20_000, `the cache after an init and a run (${afterActivations} bytes) holds more than after start-up alone (${afterStart} bytes)`);
+      await withProxy({ env: { PROXY_CODE_CACHE: cache, PROXY_DEBUG: '1' } }, async (proxy) => {
+        assert.equal((await initScript(proxy, ECHO)).status, 200);
+        assert.deepEqual((await proxy.post('/run', { value: { a: 1 } })).json(), { args: { a: 1 } });
+        assert.match(proxy.stderr.text, new RegExp(`^proxy: code cache: ${cache} accepted \\(${afterActivations} bytes\\)$`, 'm'));
+      });
+    }));
+
+  test('a cache it can\'t use (missing, or not made by this Node) is said on stderr, and the proxy starts without it', () =>
+    withTempDir(async (dir) => {
+      const foreign = join(dir, 'foreign');
+      writeFileSync(foreign, Buffer.alloc(4096, 7));
+      const cases: Array<[string, RegExp]> = [
+        [join(dir, 'missing'), /^The code cache \S+missing \(PROXY_CODE_CACHE\) can't be read \(ENOENT\): starting without it\.$/m],
+        [foreign, /^The code cache \S+foreign \(PROXY_CODE_CACHE\) was made by another Node version or with other V8 flags: starting without it\.$/m],
+      ];
+      for (const [cache, said] of cases) {
+        await withProxy({ env: { PROXY_CODE_CACHE: cache } }, async (proxy) => {
+          assert.equal((await initScript(proxy, ECHO)).status, 200);
+          assert.deepEqual((await proxy.post('/run', { value: { b: 2 } })).json(), { args: { b: 2 } });
+          assert.match(proxy.stderr.text, said);
+        });
+      }
     }));
 });
 

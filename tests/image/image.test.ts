@@ -141,10 +141,12 @@ describe('the image as a container', { concurrency: 2 }, () => {
     }
   });
 
-  test('the compile cache baked into the image is what a start reads, with a read-only root', () =>
-    withContainer(['--read-only', '-e', 'NODE_DEBUG_NATIVE=COMPILE_CACHE'], async (container) => {
+  test('the compile cache and the code cache baked into the image are what a start reads, with a read-only root', () =>
+    withContainer(['--read-only', '-e', 'NODE_DEBUG_NATIVE=COMPILE_CACHE', '-e', 'PROXY_DEBUG=1'], async (container) => {
       assert.equal((await container.post('/run', { value: {} })).status, 200);
-      assert.match(await container.logs(), /V8 code cache for CommonJS \/proxy\/proxy\.cjs was accepted/);
+      const logs = await container.logs();
+      assert.match(logs, /V8 code cache for CommonJS \/proxy\/proxy\.cjs was accepted/);
+      assert.match(logs, /^proxy: code cache: \/proxy\/code-cache accepted \(\d+ bytes\)$/m);
     }));
 
   test('Knative settings: PORT, __OW_RUNTIME_PLATFORM=knative and __OW_ACTION_CODE answer a web request', () =>
