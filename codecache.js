@@ -12,16 +12,23 @@
 // that copy instead of itself, with the same module, exports and require (it is still the main module).
 // PROXY_CODE_CACHE_WRITE=1 makes the file instead: written at exit, after whatever the process ran.
 // The cache is V8's: another Node version or other V8 flags reject it, and the proxy says so and starts
-// without it.
+// without it. V8 checks only the length of the source it was made from, so the file's first line names
+// the bundle it was made from (its size and modification time) and a cache of another build is not used.
 if (process.env.PROXY_CODE_CACHE && !globalThis[Symbol.for("openwhisk-action-proxy.code-cache")]) {
-  const { readFileSync, writeFileSync } = require("node:fs");
+  const { readFileSync, statSync, writeFileSync } = require("node:fs");
   const vm = require("node:vm");
   const file = process.env.PROXY_CODE_CACHE;
   const writing = process.env.PROXY_CODE_CACHE_WRITE === "1";
   const say = (line) => process.stderr.write(`${line}\n`);
+  const bundle = statSync(__filename);
+  const stamp = `openwhisk-action-proxy code cache of ${bundle.size} bytes modified at ${bundle.mtimeMs}\n`;
   let cachedData;
   try {
-    if (!writing) cachedData = readFileSync(file);
+    if (!writing) {
+      const data = readFileSync(file);
+      if (data.toString("latin1", 0, stamp.length) === stamp) cachedData = data.subarray(stamp.length);
+      else say(`The code cache ${file} (PROXY_CODE_CACHE) was made for another build of ${__filename}: starting without it.`);
+    }
   } catch (error) {
     say(`The code cache ${file} (PROXY_CODE_CACHE) can't be read (${error.code}): starting without it.`);
   }
@@ -33,7 +40,7 @@ if (process.env.PROXY_CODE_CACHE && !globalThis[Symbol.for("openwhisk-action-pro
     if (writing) {
       process.once("exit", () => {
         try {
-          writeFileSync(file, script.createCachedData());
+          writeFileSync(file, Buffer.concat([Buffer.from(stamp, "latin1"), script.createCachedData()]));
         } catch (error) {
           say(`The code cache ${file} (PROXY_CODE_CACHE) can't be written (${error.code}).`);
         }
