@@ -594,6 +594,16 @@ async function main(): Promise<void> {
   console.log(table(rows));
 }
 
+/** The items in a random order (Fisher-Yates). */
+function shuffled<T>(items: T[]): T[] {
+  const copy = [...items];
+  for (let i = copy.length - 1; i > 0; i--) {
+    const j = Math.floor(Math.random() * (i + 1));
+    [copy[i], copy[j]] = [copy[j]!, copy[i]!];
+  }
+  return copy;
+}
+
 /** Start-up: the cold start and its parts, against the floors; interleaved so that machine noise hits all alike. */
 async function startUp(add: (row: Omit<Row, 'ratio'>) => void): Promise<void> {
   // As the image starts it: with V8's compiled code, the floor given the same environment.
@@ -612,16 +622,14 @@ async function startUp(add: (row: Omit<Row, 'ratio'>) => void): Promise<void> {
     },
     async () => sample('floorCold', await floorColdTime()),
     async () => sample('floorCarryingCode', await floorColdTime(true)),
-  ];
-  steps.push(
     async () => sample('cachedCold', (await coldTime(undefined, caches.env)).total),
     async () => sample('floorCachedCold', await floorColdTime(false, caches.env)),
-  );
+  ];
   const nodeCache = caches.env.NODE_COMPILE_CACHE;
   if (nodeCache) steps.push(async () => sample('nodeCachedCold', (await coldTime(undefined, { NODE_COMPILE_CACHE: nodeCache })).total));
-  // Each repetition starts one step later, so that no measurement always follows the same one (the
+  // Each repetition in an order of its own, so that no measurement always follows the same one (the
   // previous server's exit can still be under way when the next starts).
-  for (let i = 0; i < REPEAT; i++) for (let j = 0; j < steps.length; j++) await steps[(i + j) % steps.length]!();
+  for (let i = 0; i < REPEAT; i++) for (const step of shuffled(steps)) await step();
   const m = (name: string): number => median(samples[name] ?? []);
   removeFolder(caches.folder);
   add({ metric: 'cold start (spawn → init → first run)', value: m('cold'), unit: 'ms', floor: m('floorCold'), floorName: 'spawn floor: spawn → init → first run', limit: 1.1 });
