@@ -6,11 +6,11 @@
 // stderr has the compiler's output and, on failure, the reason.
 
 import { closeSync, fstatSync, mkdtempSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { constants as osConstants, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { isatty } from 'node:tty';
 import { DEFAULT_ARCHIVE_LIMITS, writeAll } from './archive.ts';
-import { isProgram, stage, unpack } from './install.ts';
+import { isProgram, killCompilers, stage, unpack } from './install.ts';
 import { environment } from './runner.ts';
 import { membersOf } from './json.ts';
 import { writeZip } from './zipwriter.ts';
@@ -86,6 +86,15 @@ export async function compileCommand(args: string[], env: NodeJS.ProcessEnv = pr
     return 2;
   }
   const work = mkdtempSync(join(env.TMPDIR || tmpdir(), 'proxy-compile-'));
+  // Stopped (Ctrl-C, SIGTERM): the compiler, in a process group of its own, is killed and the work
+  // folder removed, as the signal would have done it all without a compiler running.
+  const interrupted = (signal: NodeJS.Signals): void => {
+    killCompilers();
+    rmSync(work, { recursive: true, force: true });
+    process.exit(128 + osConstants.signals[signal]);
+  };
+  process.once('SIGINT', interrupted);
+  process.once('SIGTERM', interrupted);
   try {
     const compilerEnv: Record<string, string> = {};
     for (const [key, value] of Object.entries(env)) if (value !== undefined) compilerEnv[key] = value;
@@ -129,6 +138,8 @@ export async function compileCommand(args: string[], env: NodeJS.ProcessEnv = pr
     process.stderr.write(`-compile failed: ${(error as Error).message}\n`);
     return 1;
   } finally {
+    process.off('SIGINT', interrupted);
+    process.off('SIGTERM', interrupted);
     rmSync(work, { recursive: true, force: true });
   }
 }

@@ -10,6 +10,7 @@ import type { Writable } from 'node:stream';
 import { measure, type Parts } from './timing.ts';
 import { DEFAULT_ARCHIVE_LIMITS, formatOf, headOf, liftSingleFolder, writeAll, type ArchiveLimits } from './archive.ts';
 import { debug } from './diagnostics.ts';
+import { killGroup } from './executors/executor.ts';
 import { collectGarbage } from './memory.ts';
 
 /** The folders an install makes in the action directory; any found at the next install are leftovers. */
@@ -231,13 +232,20 @@ async function compile(actionDir: string, staging: string, compiler: Compiler): 
     renameSync(staging, sources);
     mkdirSync(output);
     debug(`init: ${compiler.command} ${compiler.main} ${sources} ${output}`);
-    const child = spawn(compiler.command, [compiler.main, sources, output], { cwd: sources, env: compiler.env, stdio: ['ignore', 'pipe', 'pipe'] });
+    // In a process group of its own, as an action process: what it starts (a compiler's own workers, a
+    // build daemon) is ended with it.
+    const child = spawn(compiler.command, [compiler.main, sources, output], { cwd: sources, env: compiler.env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
     child.stdout.pipe(compiler.logs.stdout, { end: false });
     child.stderr.pipe(compiler.logs.stderr, { end: false });
+    const group = child.pid;
+    if (group !== undefined) compilers.set(group, compiler.command);
     const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve, reject) => {
       child.on('error', reject);
+      // Once it has exited, what it left running goes too: it would hold the output pipes (and the
+      // init) open for as long as it runs.
+      child.on('exit', () => group !== undefined && killGroup(group));
       child.on('close', (exitCode, exitSignal) => resolve([exitCode, exitSignal]));
-    });
+    }).finally(() => group !== undefined && compilers.delete(group));
     const how = signal !== null ? `was terminated by signal ${signal}` : `exited with code ${code}`;
     if (code !== 0) throw new Error(`the compiler (OW_COMPILER=${compiler.command}) ${how}`);
     if (!lstatSync(join(output, 'exec'), { throwIfNoEntry: false })) throw new Error(`the compiler (OW_COMPILER=${compiler.command}) left no exec in its output folder`);
@@ -249,6 +257,16 @@ async function compile(actionDir: string, staging: string, compiler: Compiler): 
     tidy(folder);
     tidy(staging);
   }
+}
+
+/** The compilers running now, by process group: a shutdown ends them as it ends activations. */
+const compilers = new Map<number, string>();
+
+/** Kills every running compiler's process group (its build then fails); returns a line naming each. */
+export function killCompilers(): string[] {
+  const killed = [...compilers].map(([group, command]) => `compiler ${command} (process ${group})`);
+  for (const group of compilers.keys()) killGroup(group);
+  return killed;
 }
 
 /** The runtime's guard against actions built for another runtime version (OW_EXECUTION_ENV). */

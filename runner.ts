@@ -9,7 +9,7 @@ import { CLIENT_CLOSED, MESSAGES, ProxyError } from './errors.ts';
 import type { ActionResult, Activation, CancelSignal, Executor, ExecutorOptions, Logs } from './executors/executor.ts';
 import { LoopExecutor, StartFailed } from './executors/loop.ts';
 import { ProcessExecutor } from './executors/process.ts';
-import { install, verify, verifyOrThrow } from './install.ts';
+import { install, killCompilers, verify, verifyOrThrow } from './install.ts';
 import { compact, kindOf, membersOf, stringValue, type Member } from './json.ts';
 import { measure, type Parts } from './timing.ts';
 import type { ArchiveLimits } from './archive.ts';
@@ -322,18 +322,20 @@ export class ActionRunner {
     }, this.idleGcMs).unref();
   }
 
-  /** Kills the activations still running (shutdown ran out of time); returns a line naming each. */
+  /** Kills the activations and the init's compiler still running (shutdown ran out of time); returns a line naming each. */
   kill(): string[] {
-    return this.executor.kill();
+    return [...this.executor.kill(), ...killCompilers()];
   }
 
   /**
-   * Ends every action process at shutdown: idle ones are asked to exit and get `graceMs`; what is left
-   * then, and what is left in their process groups, is killed. Resolves with whether anything had to be.
+   * Ends every process at shutdown: idle action processes are asked to exit and get `graceMs`; what is
+   * left then, and what is left in their process groups, is killed, and so is a compiler still running.
+   * Resolves with whether anything had to be.
    */
-  stop(graceMs: number): Promise<boolean> {
+  async stop(graceMs: number): Promise<boolean> {
     clearInterval(this.idleCheck);
-    return this.executor.stop(graceMs);
+    const compilersKilled = killCompilers().length > 0;
+    return (await this.executor.stop(graceMs)) || compilersKilled;
   }
 }
 

@@ -4,11 +4,12 @@
 
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { chmodSync, copyFileSync, mkdirSync, readFileSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
+import { constants as osConstants } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
-import { PROXY, ROOT, eventually, initScript, tree, withProxy, withTempDir } from './helpers.ts';
+import { PROXY, ROOT, alive, eventually, initScript, tree, withProxy, withTempDir } from './helpers.ts';
 
 const VERSION = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }).version;
 
@@ -93,6 +94,25 @@ describe('-compile: an offline build', { concurrency: true }, () => {
     assert.equal(terminal.status, 2, terminal.stdout.toString());
     assert.match(terminal.stdout.toString(), /stdout, which is a terminal: redirect it/);
   });
+
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+    test(`${signal} while the compiler runs: it and its process group are killed, the work folder removed, exit 128 + the signal's number`, () =>
+      withTempDir(async (dir) => {
+        const compiler = join(dir, 'compile');
+        writeFileSync(compiler, '#!/bin/bash\nsleep 300 &\necho $! > "$MARKS/child"\necho $$ > "$MARKS/compiler"\nsleep 300\n', { mode: 0o755 });
+        const work = join(dir, 'tmp');
+        mkdirSync(work);
+        const command = spawn(process.execPath, [PROXY, '-compile', 'main'], { env: { ...process.env, OW_COMPILER: compiler, MARKS: dir, TMPDIR: work }, stdio: ['pipe', 'ignore', 'ignore'] });
+        const exited = new Promise<number | null>((resolve) => command.on('close', (code) => resolve(code)));
+        command.stdin!.end('print("sources")');
+        assert.ok(await eventually(() => existsSync(join(dir, 'compiler')) && existsSync(join(dir, 'child'))), 'the compiler started');
+        const pids = ['compiler', 'child'].map((name) => Number(readFileSync(join(dir, name), 'utf8')));
+        command.kill(signal);
+        assert.equal(await exited, 128 + osConstants.signals[signal]);
+        assert.ok(await eventually(() => pids.every((pid) => !alive(pid)), 5_000), 'the compiler and its child are gone');
+        assert.deepEqual(readdirSync(work), [], 'no work folder left');
+      }));
+  }
 });
 
 describe('version and diagnostics', { concurrency: true }, () => {

@@ -2,6 +2,8 @@
 // work per request. Black-box against the real proxy; memory is read from /proc, never inferred from time.
 
 import assert from 'node:assert/strict';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import {
   MiB,
@@ -18,6 +20,7 @@ import {
   startProxy,
   withLoopProxy,
   withProxy,
+  withTempDir,
   type RunningProxy,
 } from './helpers.ts';
 
@@ -90,6 +93,54 @@ done
       await proxy.stop();
     }
   });
+
+  // A compiler (OW_COMPILER) that hangs, its own background child beside it; both write their pids.
+  const HANGING_COMPILER = `#!/bin/bash
+sleep 300 &
+echo $! > "$MARKS/child"
+echo $$ > "$MARKS/compiler"
+sleep 300
+`;
+
+  test("a compiler still running when the shutdown grace runs out is killed with its group; the init answers 502, the proxy exits 1", () =>
+    withTempDir(async (marks) => {
+      const compiler = join(marks, 'compile');
+      writeFileSync(compiler, HANGING_COMPILER, { mode: 0o755 });
+      const proxy = await startProxy({ env: { OW_COMPILER: compiler, MARKS: marks, PROXY_SHUTDOWN_GRACE_SECONDS: '1' } });
+      try {
+        // Not a program: the compiler builds it.
+        const init = initScript(proxy, 'print("sources")');
+        assert.ok(await eventually(() => existsSync(join(marks, 'compiler')) && existsSync(join(marks, 'child'))), 'the compiler started');
+        const compilerPid = Number(readFileSync(join(marks, 'compiler'), 'utf8'));
+        const childPid = Number(readFileSync(join(marks, 'child'), 'utf8'));
+        proxy.child.kill('SIGTERM');
+        const answer = await init;
+        assert.equal(answer.status, 502);
+        assert.equal((await proxy.exited).code, 1, 'it had to kill');
+        assert.match(proxy.stderr.text, new RegExp(`The shutdown grace of 1 s ran out: killed the compiler ${compiler} \\(process ${compilerPid}\\)\\.`));
+        assert.match(proxy.stderr.text, /the compiler \(OW_COMPILER=\S+\) was terminated by signal SIGKILL/);
+        assert.ok(await eventually(() => !alive(compilerPid) && !alive(childPid), 5_000), 'the compiler and its child are gone');
+      } finally {
+        await proxy.stop();
+      }
+    }));
+
+  test('a compiler that exits leaving a background child (holding its output pipes): the init ends, and the child is gone', () =>
+    withTempDir(async (marks) => {
+      const compiler = join(marks, 'compile');
+      writeFileSync(compiler, `#!/bin/bash
+printf '#!/bin/sh\\necho "{\\\\"built\\\\":true}"\\n' > "$3/exec"
+chmod 755 "$3/exec"
+sleep 300 &
+echo $! > "$MARKS/child"
+`, { mode: 0o755 });
+      await withProxy({ env: { OW_COMPILER: compiler, MARKS: marks } }, async (proxy) => {
+        assert.equal((await initScript(proxy, 'print("sources")')).status, 200);
+        assert.deepEqual((await proxy.post('/run', { value: {} })).json(), { built: true });
+        const child = Number(readFileSync(join(marks, 'child'), 'utf8'));
+        assert.ok(await eventually(() => !alive(child), 5_000), 'the background child went with the compiler');
+      });
+    }));
 });
 
 describe('shutdown waits for activations, not connections', () => {
