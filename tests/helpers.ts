@@ -163,7 +163,18 @@ export async function startProxy(options: ProxyOptions = {}): Promise<RunningPro
       await stderr.untilSentinels(n);
     },
     async stop() {
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      if (child.exitCode === null && child.signalCode === null) {
+        // What it started goes first, with its process groups: killed, the proxy can't end an activation
+        // a test left running (one being cancelled as the test ends, say).
+        for (const pid of childPids(child.pid!)) {
+          try {
+            process.kill(-pid, 'SIGKILL');
+          } catch {
+            // gone meanwhile
+          }
+        }
+        child.kill('SIGKILL');
+      }
       await exited;
       rmSync(dir, { recursive: true, force: true });
     },
