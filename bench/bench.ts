@@ -882,7 +882,8 @@ async function nodejsRuntimes(add: (row: Omit<Row, 'ratio'>) => void): Promise<v
   const run = '{"value":{"name":"you"}}';
   const start = {
     ours: () => spawnProxy({ PROXY_ACTION_LOOP: '1', OW_WAIT_FOR_ACK: '1', OW_COMPILER: join(ROOT, 'examples', 'nodejs', 'bin', 'compile') }),
-    theirs: () => spawnProxy({ __OW_ALLOW_CONCURRENT: 'true' }, [process.execPath, '-r', preload, join(app, 'app.js')]),
+    // Under the same Node flags as ours (BENCH_PROXY_FLAGS), as the floors are.
+    theirs: () => spawnProxy({ __OW_ALLOW_CONCURRENT: 'true' }, [...FLOOR_NODE, '-r', preload, join(app, 'app.js')]),
   };
   const cold = { ours: [] as number[], theirs: [] as number[] };
   for (let i = 0; i < REPEAT; i++) {
