@@ -28,6 +28,8 @@ const FLOOR_NODE = [process.execPath, ...PROXY_FLAGS];
 // Extraction is measured where disk writeback can't add noise: tmpfs when the machine has one.
 const FAST_FS = existsSync('/dev/shm') ? '/dev/shm' : tmpdir();
 const REPEAT = QUICK ? 5 : 21;
+// Cold starts vary more from one to the next than anything else measured here: twice the samples.
+const COLD_REPEAT = 2 * REPEAT;
 const WARM_RUNS = QUICK ? 200 : 1000;
 const THROUGHPUT_RUNS = QUICK ? 800 : 4000;
 const SOAK_RUNS = QUICK ? 2000 : 10_000;
@@ -454,12 +456,13 @@ async function main(): Promise<void> {
     rows.push(full);
     console.error(`${full.metric}: ${full.value} ${full.unit} (floor ${full.floor}, ${full.ratio}x, target ${target(full) || 'none'})`);
   };
-  // BENCH_ONLY=<part>: only that part, results.json untouched: `cold` (start-up and cold start), `loop`
-  // (action-loop mode), `line` (abandoned requests in line), `runtimes` (the Node.js runtime beside
-  // openwhisk-runtime-nodejs), `baseline` (this build beside BENCH_BASELINE's).
+  // BENCH_ONLY=<part>: only that part, results.json untouched: `cold` (start-up and cold start),
+  // `archives` (ZIP and tar.gz inits against unzip and tar), `loop` (action-loop mode), `line` (abandoned
+  // requests in line), `runtimes` (the Node.js runtime beside openwhisk-runtime-nodejs), `baseline` (this
+  // build beside BENCH_BASELINE's).
   const only = process.env.BENCH_ONLY;
   if (only) {
-    const parts: Record<string, () => Promise<void>> = { cold: () => startUp(add), loop: () => loopMode(add), line: () => abandonedLine(add), runtimes: () => nodejsRuntimes(add), baseline: () => againstBaseline(add) };
+    const parts: Record<string, () => Promise<void>> = { cold: () => startUp(add), archives: () => archives(add), loop: () => loopMode(add), line: () => abandonedLine(add), runtimes: () => nodejsRuntimes(add), baseline: () => againstBaseline(add) };
     if (!parts[only]) throw new Error(`BENCH_ONLY=${only}: not one of ${Object.keys(parts).join(', ')}`);
     await parts[only]();
     console.log(table(rows));
@@ -542,7 +545,21 @@ async function main(): Promise<void> {
   await floor.stop();
   await proxy.stop();
 
-  // Archives: the whole /init against `unzip -q` and `tar -xzf` of the same tree.
+  await archives(add);
+
+  // Size: what the proxy adds to its base image.
+  const proxyBytes = statSync(PROXY).size + statSync(STUB).size;
+  const nodeBytes = statSync(process.execPath).size;
+  add({ metric: 'bytes added to the base image (JS + stub)', value: proxyBytes / 1024, unit: 'KiB', floor: nodeBytes / 1024, floorName: 'the node binary' });
+
+  const results = { date: new Date().toISOString(), node: process.version, proxyFlags: PROXY_FLAGS, quick: QUICK, rows };
+  writeFileSync(join(ROOT, 'bench', 'results.json'), `${JSON.stringify(results, null, 2)}\n`);
+  writeFileSync(join(ROOT, 'bench', 'results.svg'), chart(rows));
+  console.log(table(rows));
+}
+
+/** Archives: the whole /init against `unzip -q` and `tar -xzf` of the same tree. */
+async function archives(add: (row: Omit<Row, 'ratio'>) => void): Promise<void> {
   const work = makeFolder('proxy-bench-zip-', FAST_FS);
   try {
     const archive = makeBigArchive(work);
@@ -582,16 +599,6 @@ async function main(): Promise<void> {
   } finally {
     removeFolder(work);
   }
-
-  // Size: what the proxy adds to its base image.
-  const proxyBytes = statSync(PROXY).size + statSync(STUB).size;
-  const nodeBytes = statSync(process.execPath).size;
-  add({ metric: 'bytes added to the base image (JS + stub)', value: proxyBytes / 1024, unit: 'KiB', floor: nodeBytes / 1024, floorName: 'the node binary' });
-
-  const results = { date: new Date().toISOString(), node: process.version, proxyFlags: PROXY_FLAGS, quick: QUICK, rows };
-  writeFileSync(join(ROOT, 'bench', 'results.json'), `${JSON.stringify(results, null, 2)}\n`);
-  writeFileSync(join(ROOT, 'bench', 'results.svg'), chart(rows));
-  console.log(table(rows));
 }
 
 /** The items in a random order (Fisher-Yates). */
@@ -629,7 +636,7 @@ async function startUp(add: (row: Omit<Row, 'ratio'>) => void): Promise<void> {
   if (nodeCache) steps.push(async () => sample('nodeCachedCold', (await coldTime(undefined, { NODE_COMPILE_CACHE: nodeCache })).total));
   // Each repetition in an order of its own, so that no measurement always follows the same one (the
   // previous server's exit can still be under way when the next starts).
-  for (let i = 0; i < REPEAT; i++) for (const step of shuffled(steps)) await step();
+  for (let i = 0; i < COLD_REPEAT; i++) for (const step of shuffled(steps)) await step();
   const m = (name: string): number => median(samples[name] ?? []);
   removeFolder(caches.folder);
   add({ metric: 'cold start (spawn → init → first run)', value: m('cold'), unit: 'ms', floor: m('floorCold'), floorName: 'spawn floor: spawn → init → first run', limit: 1.1 });
