@@ -35,7 +35,7 @@ COPY action/exec /action/exec
 # - Node's compile cache (Node 22.1+): what V8 compiles when the file loads. Node keys it by user: it is
 #   root's, the image's user; a container run as another user starts without it.
 # - The proxy's code cache (codecache.js): also the functions the /init and the /run compiled, for any
-#   user. The first answer comes 3-6 ms sooner with the first, and 4-5 ms more with the second (of ~55).
+#   user. The first answer comes 3-6 ms sooner with the first, and 2-5 ms more with the second (of ~55).
 ENV NODE_COMPILE_CACHE=/proxy/compile-cache PROXY_CODE_CACHE=/proxy/code-cache
 RUN PROXY_CODE_CACHE_WRITE=1 node --max-semi-space-size=2 /proxy/proxy.cjs & proxy=$! \
  && node -e "const post = (path, body, then) => require('http').request({ port: 8080, method: 'POST', path }, (r) => r.resume().on('end', then)).on('error', () => setTimeout(post, 20, path, body, then)).end(body); post('/init', JSON.stringify({ value: { code: require('fs').readFileSync('/action/exec', 'utf8') } }), () => post('/run', '{}', () => process.exit()));" \
