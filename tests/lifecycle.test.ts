@@ -231,10 +231,15 @@ describe('memory follows the load: a full garbage collection once idle (PROXY_ID
   test('after a burst and 1 s with nothing running: one collection, and the anonymous memory goes down', () =>
     withLoopProxy({ env: { PROXY_IDLE_GC_SECONDS: '1', PROXY_DEBUG: '1' } }, async (proxy) => {
       assert.equal((await initScript(proxy, LOOP_ACTION)).status, 200);
+      const idle = anonymous(proxy.child.pid!);
       await burst(proxy);
       const loaded = anonymous(proxy.child.pid!);
       assert.ok(await eventually(() => COLLECTED.test(proxy.stderr.text), 10_000), 'a collection once idle');
-      if (shrinks) assert.ok(anonymous(proxy.child.pid!) < loaded - 8 * MiB, `anonymous memory ${(loaded / MiB).toFixed(1)} -> ${(anonymous(proxy.child.pid!) / MiB).toFixed(1)} MiB`);
+      // It gives back at least a third of what the burst grew (measured: about half, 3-5 of 6-8 MiB on
+      // Node 22, 16 of 32 MiB on Node 24; a regular collection gives back next to nothing).
+      const collected = anonymous(proxy.child.pid!);
+      const mib = (bytes: number): string => (bytes / MiB).toFixed(1);
+      if (shrinks) assert.ok(collected < loaded - (loaded - idle) / 3, `anonymous memory ${mib(idle)} idle, ${mib(loaded)} after the burst, ${mib(collected)} after the collection`);
       assert.equal((await proxy.post('/run', { value: {} })).status, 200);
     }));
 
