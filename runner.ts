@@ -222,10 +222,8 @@ export class ActionRunner {
    * line (PROXY_MAX_WAITING) is a 503 at once.
    */
   admit(signal?: CancelSignal): Promise<() => void> {
-    if (this.hasFreeSlot()) {
-      this.running++;
-      return Promise.resolve(this.releaser());
-    }
+    const free = this.takeSlot();
+    if (free) return Promise.resolve(free);
     if (this.refusal) return Promise.reject(this.refusal);
     if (this.waiting.length >= this.maxWaiting) {
       return Promise.reject(
@@ -256,6 +254,13 @@ export class ActionRunner {
       signal?.addEventListener('abort', leave, { once: true });
       this.waiting.push(waiter);
     });
+  }
+
+  /** Takes a free activation slot now: its release, or undefined when there is none (admit() waits for one). */
+  takeSlot(): (() => void) | undefined {
+    if (!this.hasFreeSlot()) return undefined;
+    this.running++;
+    return this.releaser();
   }
 
   /** Whether an activation would start now, without waiting for a slot. */

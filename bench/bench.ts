@@ -357,6 +357,19 @@ async function timed(times: number, once: () => Promise<unknown>): Promise<numbe
   return samples;
 }
 
+/**
+ * Times `rounds` calls of each of `calls` (one client), interleaved so that machine noise hits all alike,
+ * each round in an order of its own: the first server after the client's own work, or after a direct
+ * spawn, finds the CPU's caches cold, and a fixed order gave that cost to the same server every round.
+ * Answers each call's timings, in the order given.
+ */
+async function interleaved(rounds: number, calls: Array<() => Promise<unknown>>): Promise<number[][]> {
+  const samples = calls.map((): number[] => []);
+  const steps = calls.map((call, at) => async () => samples[at]!.push(...(await timed(1, call))));
+  for (let i = 0; i < rounds; i++) for (const step of shuffled(steps)) await step();
+  return samples;
+}
+
 /** Runs `total` calls of `once` from `clients` concurrent loops; answers calls per second. */
 async function rate(total: number, clients: number, once: () => Promise<unknown>): Promise<number> {
   let left = total;
@@ -489,16 +502,7 @@ async function main(): Promise<void> {
   await timed(50, run(keepAlive)); // warm-up
   await timed(50, floorRun);
   await timed(50, direct);
-  const warmKeepAlive: number[] = [];
-  const warmNew: number[] = [];
-  const warmFloor: number[] = [];
-  const warmDirect: number[] = [];
-  for (let i = 0; i < WARM_RUNS; i++) {
-    warmKeepAlive.push(...(await timed(1, run(keepAlive))));
-    warmNew.push(...(await timed(1, run(false))));
-    warmFloor.push(...(await timed(1, floorRun)));
-    warmDirect.push(...(await timed(1, direct)));
-  }
+  const [warmKeepAlive, warmNew, warmFloor, warmDirect] = (await interleaved(WARM_RUNS, [run(keepAlive), run(false), floorRun, direct])) as [number[], number[], number[], number[]];
   add({ metric: 'warm /run p50, keep-alive', value: median(warmKeepAlive), unit: 'ms', floor: median(warmFloor), floorName: 'spawn floor p50', limit: 1.1 });
   add({ metric: 'warm /run p99, keep-alive', value: percentile(warmKeepAlive, 99), unit: 'ms', floor: percentile(warmFloor, 99), floorName: 'spawn floor p99' });
   add({ metric: 'warm /run p50, new connection', value: median(warmNew), unit: 'ms', floor: median(warmFloor), floorName: 'spawn floor p50 (keep-alive)' });
@@ -741,9 +745,8 @@ async function againstBaseline(add: (row: Omit<Row, 'ratio'>) => void): Promise<
         if (init.status !== 200) throw new Error(`init failed: ${init.text}`);
       }
       if (loop) {
-        const warm: number[][] = [[], []];
         for (const run of runs) await timed(200, run);
-        for (let i = 0; i < WARM_RUNS; i++) for (const at of [0, 1]) warm[at]!.push(...(await timed(1, runs[at]!)));
+        const warm = await interleaved(WARM_RUNS, runs);
         add({ metric: 'against the baseline: loop mode warm /run p50', value: median(warm[0]!), unit: 'ms', floor: median(warm[1]!), floorName });
         add({ metric: 'against the baseline: loop mode warm /run p99', value: percentile(warm[0]!, 99), unit: 'ms', floor: percentile(warm[1]!, 99), floorName });
       }
@@ -804,20 +807,15 @@ async function loopMode(add: (row: Omit<Row, 'ratio'>) => void): Promise<void> {
   await timed(200, ours); // warm-up
   await timed(200, theirs);
   if (go) await timed(200, goRun);
-  const warmOurs: number[] = [];
-  const warmFloor: number[] = [];
-  const warmGo: number[] = [];
-  const warmDirect: number[] = [];
-  for (let i = 0; i < WARM_RUNS; i++) {
-    warmOurs.push(...(await timed(1, ours)));
-    warmFloor.push(...(await timed(1, theirs)));
-    if (go) warmGo.push(...(await timed(1, goRun)));
-    if (i % 4 === 0) warmDirect.push(...(await timed(1, direct)));
-  }
+  // A direct spawn in one round of four (it is slow), timed in the same rounds.
+  let rounds = 0;
+  const sometimesDirect = async (): Promise<unknown> => (rounds++ % 4 === 0 ? direct() : undefined);
+  const [warmOurs, warmFloor, warmSometimesDirect, warmGo] = (await interleaved(WARM_RUNS, [ours, theirs, sometimesDirect, ...(go ? [goRun] : [])])) as [number[], number[], number[], number[] | undefined];
+  const warmDirect = warmSometimesDirect.filter((_, at) => at % 4 === 0);
   add({ metric: 'loop mode: warm /run p50, keep-alive', value: median(warmOurs), unit: 'ms', floor: median(warmFloor), floorName: 'smallest Node loop proxy p50', limit: 1.2 });
   add({ metric: 'loop mode: warm /run p50 against a spawn', value: median(warmOurs), unit: 'ms', floor: median(warmDirect), floorName: 'direct spawn p50', limit: 0.25 });
   add({ metric: 'loop mode: warm /run p99, keep-alive', value: percentile(warmOurs, 99), unit: 'ms', floor: percentile(warmFloor, 99), floorName: 'smallest Node loop proxy p99', limit: 1.3 });
-  if (go) {
+  if (go && warmGo) {
     add({ metric: 'loop mode: warm /run p50 against Go (reference)', value: median(warmOurs), unit: 'ms', floor: median(warmGo), floorName: "OpenWhisk's Go actionloop proxy p50" });
     add({ metric: 'loop mode: warm /run p99 against Go (reference)', value: percentile(warmOurs, 99), unit: 'ms', floor: percentile(warmGo, 99), floorName: "OpenWhisk's Go actionloop proxy p99" });
   }
@@ -926,11 +924,8 @@ async function warmRows(servers: { ours: Proxy; theirs: Proxy }, init: string, r
   const idle = { ours: treeRss(servers.ours.child.pid!), theirs: treeRss(servers.theirs.child.pid!) };
   await timed(200, once.ours);
   await timed(200, once.theirs);
-  const warm = { ours: [] as number[], theirs: [] as number[] };
-  for (let i = 0; i < WARM_RUNS; i++) {
-    warm.ours.push(...(await timed(1, once.ours)));
-    warm.theirs.push(...(await timed(1, once.theirs)));
-  }
+  const [warmOurs, warmTheirs] = (await interleaved(WARM_RUNS, [once.ours, once.theirs])) as [number[], number[]];
+  const warm = { ours: warmOurs, theirs: warmTheirs };
   add({ metric: 'Node.js runtime: warm /run p50, keep-alive', value: median(warm.ours), unit: 'ms', floor: median(warm.theirs), floorName: 'openwhisk-runtime-nodejs', limit: 1 });
   add({ metric: 'Node.js runtime: warm /run p99, keep-alive', value: percentile(warm.ours, 99), unit: 'ms', floor: percentile(warm.theirs, 99), floorName: 'openwhisk-runtime-nodejs' });
   add({ metric: 'Node.js runtime: RSS idle after init (the process tree)', value: idle.ours / 2 ** 20, unit: 'MiB', floor: idle.theirs / 2 ** 20, floorName: 'openwhisk-runtime-nodejs' });

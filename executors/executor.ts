@@ -36,6 +36,12 @@ export interface ActionResult {
    */
   bytes: Buffer;
   ascii: boolean;
+  /**
+   * Resolves once everything the action logged before this result is in the proxy's logs, when the
+   * result came before that (loop mode answers as soon as the result line is read): the sentinels wait
+   * for it. Undefined: the logs are all in.
+   */
+  logged?: Promise<void>;
 }
 
 /**
@@ -307,18 +313,33 @@ function leavePlace(log: Writable): void {
  */
 export function resultOf(line: Buffer | undefined, logs: Logs, maxResultBytes: number): ActionResult {
   if (line === undefined) throw new ProxyError(502, resultTooLarge(maxResultBytes));
+  const result = resultIn(line);
+  if (result) return result;
   const candidate = trim(line);
-  const ascii = isAscii(candidate);
-  const text = candidate.toString(ascii ? 'latin1' : 'utf8');
-  try {
-    const json = scan(text);
-    if (json.kind === 'object' || json.kind === 'array') return { json, bytes: candidate, ascii };
-  } catch (error) {
-    // Say why a result that looks like JSON isn't (too deep, cut off); plain text needs no explaining.
-    if (/^[[{]/.test(text)) logs.stderr.write(`The action's result is not valid JSON: ${(error as Error).message}\n`);
+  const text = candidate.toString('utf8');
+  // Say why a result that looks like JSON isn't (too deep, cut off); plain text needs no explaining.
+  if (/^[[{]/.test(text)) {
+    try {
+      scan(text);
+    } catch (error) {
+      logs.stderr.write(`The action's result is not valid JSON: ${(error as Error).message}\n`);
+    }
   }
   writeLine(logs.stdout, candidate);
   throw new ProxyError(502, MESSAGES.badResult);
+}
+
+/** The result a result line holds, a JSON object or array; undefined for anything else (resultOf says why). */
+export function resultIn(line: Buffer): ActionResult | undefined {
+  const candidate = trim(line);
+  const ascii = isAscii(candidate);
+  try {
+    const json = scan(candidate.toString(ascii ? 'latin1' : 'utf8'));
+    if (json.kind === 'object' || json.kind === 'array') return { json, bytes: candidate, ascii };
+  } catch {
+    // not JSON: resultOf says so
+  }
+  return undefined;
 }
 
 /** Writes `bytes` to a log as a line of its own: ended with a newline unless it ends with one. */

@@ -13,7 +13,7 @@ import { CLIENT_CLOSED, MESSAGES, ProxyError } from '../errors.ts';
 import { verify } from '../install.ts';
 import { compact, scan } from '../json.ts';
 import { measure, type Parts } from '../timing.ts';
-import { MAX_LOG_LINE_BYTES, describeProcess, forwardLines, killGroup, resultOf, resultTooLarge, startFailure, writeLine, type ActionResult, type Activation, type CancelSignal, type Executor, type ExecutorOptions, type Logs } from './executor.ts';
+import { MAX_LOG_LINE_BYTES, describeProcess, forwardLines, killGroup, resultIn, resultOf, resultTooLarge, startFailure, writeLine, type ActionResult, type Activation, type CancelSignal, type Executor, type ExecutorOptions, type Logs } from './executor.ts';
 import { debug } from '../diagnostics.ts';
 
 const NEWLINE = 0x0a;
@@ -123,7 +123,8 @@ export class LoopExecutor implements Executor {
   async run(activation: Activation, signal?: CancelSignal): Promise<ActionResult> {
     const message = messageLine(activation);
     for (let attempt = 0; ; attempt++) {
-      const process = await this.take();
+      // An idle process is taken in this turn: only a start or an uncommitted init is waited for.
+      const process = this.idle.pop() ?? (await this.take());
       try {
         return await this.exchange(process, message, signal);
       } catch (error) {
@@ -228,6 +229,8 @@ export class LoopExecutor implements Executor {
         throw new ProxyError(502, resultTooLarge(maxResultBytes));
       });
     }
+    const result = resultIn(line);
+    if (result) return this.answer(process, waiting, result);
     this.finish(process, waiting, () => resultOf(line, waiting.logs, maxResultBytes));
   }
 
@@ -246,18 +249,33 @@ export class LoopExecutor implements Executor {
     });
   }
 
-  /** Ends the activation with `outcome` once its logs are in, and puts the process back in the pool. */
+  /**
+   * Ends the activation with a result at once: the client need not wait for the logs. What the action
+   * wrote before its result is still being read; the sentinels wait for it (`logged`), and so does the
+   * process's return to the pool, so that no later activation's logs come before it.
+   */
+  private answer(process: LoopProcess, activation: ActivationWait, result: ActionResult): void {
+    result.logged = this.logsIn(process, activation);
+    activation.resolve(result);
+  }
+
+  /** Ends the activation with `outcome` once its logs are in (an outcome may write to them). */
   private finish(process: LoopProcess, activation: ActivationWait, outcome: () => ActionResult): void {
-    process.waiting = undefined;
-    activation.signal?.removeEventListener('abort', activation.cancel);
-    // Everything the action wrote before its answer is still being read: wait for quiet pipes.
-    void this.settle(process).then(() => {
-      process.flushLogs();
+    void this.logsIn(process, activation).then(() => {
       try {
         activation.resolve(outcome());
       } catch (error) {
         activation.reject(error);
       }
+    });
+  }
+
+  /** Resolves once what the process wrote before now is in the logs, and it is back in the pool. */
+  private logsIn(process: LoopProcess, activation: ActivationWait): Promise<void> {
+    process.waiting = undefined;
+    activation.signal?.removeEventListener('abort', activation.cancel);
+    return this.settle(process).then(() => {
+      process.flushLogs();
       if (this.processes.has(process)) this.release(process);
     });
   }

@@ -12,7 +12,7 @@ import { isUtf8 } from 'node:buffer';
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import { ProxyError } from '../errors.ts';
 import { compact, isTooDeep, kindOf, member, membersOf, objectText, stringValue, type Member, type Scanned } from '../json.ts';
-import { activationFields, admit, init, readAdmitted, readJson, run, send, sendError, timingHeader, type Admission } from '../protocol.ts';
+import { activationFields, admit, admitNow, init, readAdmitted, readJson, run, send, sendError, timingHeader, type Admission } from '../protocol.ts';
 import type { ActionResult } from '../executors/executor.ts';
 import type { RunMessage } from '../runner.ts';
 import { startTiming, type Timing } from '../timing.ts';
@@ -89,7 +89,7 @@ async function respond(req: IncomingMessage, res: ServerResponse, cors: Record<s
     return sendError(res, 405, `This action answers ${allow}, not ${method} (__OW_HTTP_METHODS).`, { ...cors, Allow: allow });
   }
   // A slot first, then the body: requests waiting in line hold no bodies.
-  const admission = await admit(res);
+  const admission = admitNow(res) ?? (await admit(res));
   try {
     await answer(req, res, cors, timing, admission);
   } finally {
@@ -130,11 +130,14 @@ async function answer(req: IncomingMessage, res: ServerResponse, cors: Record<st
     if (!envelope!.has('activation') && !envelope!.has('value')) return send(res, 200, 'OK', { ...cors, ...timingHeader(timing), 'Content-Type': 'text/html; charset=utf-8' });
   }
 
-  const outcome = await run(async () => (envelope ? envelopeMessage(envelope, request) : webMessage(request, json)), admission, timing);
-  if (!outcome.ok) throw new ProxyError(outcome.status, outcome.error);
-  const response = webResponse(outcome.result);
-  // The proxy's headers are defaults: what the action set wins (a Server-Timing of its own included).
-  send(res, response.status, response.body, withDefaults(response.headers, { ...cors, ...timingHeader(timing) }));
+  const read = async (): Promise<RunMessage> => (envelope ? envelopeMessage(envelope, request) : webMessage(request, json));
+  await run(read, admission, (outcome) => {
+    // A failure is answered by handle(), with this platform's headers.
+    if (!outcome.ok) throw new ProxyError(outcome.status, outcome.error);
+    const response = webResponse(outcome.result);
+    // The proxy's headers are defaults: what the action set wins (a Server-Timing of its own included).
+    send(res, response.status, response.body, withDefaults(response.headers, { ...cors, ...timingHeader(timing) }));
+  }, timing);
 }
 
 interface WebRequest {

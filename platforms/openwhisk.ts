@@ -3,7 +3,7 @@
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import { MESSAGES, ProxyError } from '../errors.ts';
 import { membersOf, type Member, type Scanned } from '../json.ts';
-import { activationFields, admit, failure, init, memberBytes, readAdmitted, readInit, readJson, run, send, sendError, sendJson, timingHeader, type Failure } from '../protocol.ts';
+import { activationFields, admit, admitNow, failure, init, memberBytes, readAdmitted, readInit, readJson, resultBody, run, send, sendError, sendJson, timingHeader, type Admission, type Failure } from '../protocol.ts';
 import type { RunMessage } from '../runner.ts';
 import { startTiming } from '../timing.ts';
 
@@ -27,20 +27,21 @@ export async function handle(req: IncomingMessage, res: ServerResponse): Promise
     if (outcome.ok) return send(res, 200, 'OK', { 'Content-Type': 'text/html; charset=utf-8', ...timingHeader(timing) });
     return sendFailure(res, outcome, timingHeader(timing));
   }
-  let outcome;
+  let admission: Admission;
   try {
     // A slot first, then the body: requests waiting in line hold no bodies.
-    const admission = await admit(res);
-    outcome = await run(async () => {
-      const body = await readAdmitted(req, admission);
-      return runMessage(readJson(body, true), body);
-    }, admission, timing);
+    admission = admitNow(res) ?? (await admit(res));
   } catch (error) {
-    outcome = failure(error);
+    return sendFailure(res, failure(error), timingHeader(timing));
   }
-  // The result's own bytes: a large answer costs no further copy.
-  if (outcome.ok) return sendJson(res, 200, outcome.result.bytes, timingHeader(timing));
-  return sendFailure(res, outcome, timingHeader(timing));
+  const read = async (): Promise<RunMessage> => {
+    const body = await readAdmitted(req, admission);
+    return runMessage(readJson(body, true), body);
+  };
+  await run(read, admission, (outcome) => {
+    if (outcome.ok) return sendJson(res, 200, resultBody(outcome.result), timingHeader(timing));
+    sendFailure(res, outcome, timingHeader(timing));
+  }, timing);
 }
 
 function sendFailure(res: ServerResponse, outcome: Failure, headers: OutgoingHttpHeaders): void {

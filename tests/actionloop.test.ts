@@ -76,12 +76,28 @@ describe('the protocol', { concurrency: true }, () => {
     loop({}, async (proxy) => {
       const code = '#!/bin/bash\nwhile IFS= read -r line; do head -c 2000000 /dev/zero | tr "\\\\0" b; echo; echo tail-$line; echo \'{"ok":1}\' >&3; done\n';
       await initScript(proxy, code);
-      // Stop reading the proxy's stdout: its pipe fills and it has to hold the action's output back.
+      // Stop reading the proxy's stdout: its pipe fills and it has to hold the action's output back
+      // (and so the action, which can't write its result before its logs are out).
       proxy.child.stdout!.pause();
       const answer = proxy.post('/run', { value: { held: 1 } });
       await new Promise((resolve) => setTimeout(resolve, 500));
       proxy.child.stdout!.resume();
       assert.deepEqual((await answer).json(), { ok: 1 });
+      await proxy.sentinels(1);
+      assert.ok(proxy.stdout.text.endsWith(`tail-{"value":{"held":1}}\n${SENTINEL}`), `the log ends ${JSON.stringify(proxy.stdout.text.slice(-100))}`);
+    }));
+
+  test('a result does not wait for the logs before it: with the proxy\'s own log backed up it is answered, the sentinels come after those logs', () =>
+    loop({}, async (proxy) => {
+      // 300 KB of logs: more than the test's reader and the proxy's stdout pipe take while paused (~200 KB
+      // here), less than the action can still write with the proxy holding the rest of its output back.
+      const code = '#!/bin/bash\nwhile IFS= read -r line; do head -c 300000 /dev/zero | tr "\\\\0" b; echo; echo tail-$line; echo \'{"ok":1}\' >&3; done\n';
+      await initScript(proxy, code);
+      // Stop reading the proxy's stdout: its pipe fills and it has to hold the action's output back.
+      proxy.child.stdout!.pause();
+      const answer = await Promise.race([proxy.post('/run', { value: { held: 1 } }), new Promise<never>((_, reject) => setTimeout(() => reject(new Error('no answer while the proxy\'s log was backed up')), 10_000).unref())]);
+      assert.deepEqual(answer.json(), { ok: 1 });
+      proxy.child.stdout!.resume();
       await proxy.sentinels(1);
       assert.ok(proxy.stdout.text.endsWith(`tail-{"value":{"held":1}}\n${SENTINEL}`), `the log ends ${JSON.stringify(proxy.stdout.text.slice(-100))}`);
     }));

@@ -27,6 +27,26 @@ describe('arguments arrive exactly as sent', { concurrency: true }, () => {
       assert.equal(viaStdin.text, padded);
     }));
 
+  for (const loop of [false, true]) {
+    test(`results come back byte for byte, ASCII or not, small or large, not UTF-8 at all (${loop ? 'loop' : 'per-activation'} mode)`, () =>
+      withProxy({ env: { PROXY_ALLOW_REINIT: '1', ...(loop ? { PROXY_ACTION_LOOP: '1' } : {}) } }, async (proxy) => {
+        // Small ASCII results are sent as text, the others as their bytes (protocol.ts, resultBody): 16 KiB is the line.
+        const echo = loop ? '#!/bin/bash\nwhile IFS= read -r line; do printf "%s\\n" "${line:9:${#line}-10}" >&3; done\n' : '#!/bin/sh\ncat\necho\n';
+        assert.equal((await initScript(proxy, echo)).status, 200);
+        const pad = (bytes: number): string => `{"pad":"${'x'.repeat(bytes - 10)}"}`;
+        for (const value of ['{"a":[1,2.50,"\\u00e9"]}', '{"s":"é ü ✓"}', pad(16 * 1024), pad(16 * 1024 + 1), pad(200_000)]) {
+          const res = await proxy.post('/run', `{"value":${value}}`);
+          assert.equal(res.status, 200);
+          assert.deepEqual(res.body, Buffer.from(value), `${value.slice(0, 40)}…, ${Buffer.byteLength(value)} bytes`);
+          assert.equal(res.headers['content-length'], String(Buffer.byteLength(value)));
+        }
+        // Bytes that are not UTF-8 inside a string: the result parses, and its bytes go out unchanged.
+        assert.equal((await initScript(proxy, loop ? "#!/bin/bash\nwhile IFS= read -r line; do printf ' {\"s\":\"\\377\"}\\n' >&3; done\n" : "#!/bin/sh\nprintf ' {\"s\":\"\\377\"}\\n'\n")).status, 200);
+        const raw = await proxy.post('/run', { value: {} });
+        assert.deepEqual(raw.body, Buffer.from('{"s":"\xff"}', 'latin1'));
+      }));
+  }
+
   test('whitespace between tokens may go; a newline in the body never splits the argument', () =>
     withProxy({}, async (proxy) => {
       assert.equal((await initScript(proxy, '#!/bin/sh\nprintf "%s" "$1" | tr "\\n" "~"; echo\n')).status, 200);
