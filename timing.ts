@@ -53,10 +53,13 @@ export function listening(): void {
  * began to run).
  */
 export function serverTiming(timing: Timing): string {
-  const entries: Parts = [...timing.parts, ['total', since(timing.started)]];
+  // Built as one string: it is on every answer's path.
+  let value = '';
+  for (const [name, ms] of timing.parts) value += `${name};dur=${ms.toFixed(2)}, `;
+  value += `total;dur=${since(timing.started).toFixed(2)}`;
   if (!startupReported && listeningAt !== undefined) {
     startupReported = true;
-    entries.push(['startup', listeningAt], ['bootstrap', codeStartedAt]);
+    value += `, startup;dur=${listeningAt.toFixed(2)}, bootstrap;dur=${codeStartedAt.toFixed(2)}`;
   }
-  return entries.map(([name, ms]) => `${name};dur=${ms.toFixed(2)}`).join(', ');
+  return value;
 }
