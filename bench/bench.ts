@@ -170,13 +170,18 @@ function post(port: number, path: string, body: string | Buffer, agent: Agent | 
   });
 }
 
-/** Retries until the server answers; resolves with the answer. */
+/** How long a server that is not listening yet may take to come up. */
+const START_TIMEOUT_MS = 60_000;
+
+/** Retries until the server answers; resolves with the answer. A server that never comes up (it crashed) ends the bench. */
 async function postWhenUp(port: number, path: string, body: string): Promise<{ status: number; text: string }> {
+  const deadline = Date.now() + START_TIMEOUT_MS;
   for (;;) {
     try {
       return await post(port, path, body, false);
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== 'ECONNREFUSED') throw error;
+      if (Date.now() > deadline) throw new Error(`nothing listens on port ${port} after ${START_TIMEOUT_MS / 1000} s: the server did not start`, { cause: error });
       // Not a busy loop: the proxy starting up needs the CPU more than this client does.
       await new Promise((resolve) => setTimeout(resolve, 1));
     }
@@ -400,6 +405,17 @@ async function settle(ms = 500): Promise<void> {
   await new Promise((resolve) => setTimeout(resolve, ms));
 }
 
+/**
+ * A server's memory right after a load of its own (and a settle): measured after the next server's
+ * load instead, it would have been idle for that long, and the proxy's idle collection
+ * (PROXY_IDLE_GC_SECONDS) would have given back what the load grew, the floor's not.
+ */
+async function memoryAfter(load: () => Promise<unknown>, pid: number): Promise<{ rss: number; anonymous: number }> {
+  await load();
+  await settle();
+  return { rss: rss(pid) / 2 ** 20, anonymous: anonymous(pid) / 2 ** 20 };
+}
+
 /** ~2000 files, ~40 MB: text, random (incompressible) data, nested folders, an exec. */
 function makeBigArchive(dir: string): string {
   const source = join(dir, 'source');
@@ -534,13 +550,10 @@ async function main(): Promise<void> {
   await bare.stop();
   add({ metric: 'RSS idle after init', value: idleRss / 2 ** 20, unit: 'MiB', floor: bareRss / 2 ** 20, floorName: 'bare node:http server', limit: 1.15 });
   add({ metric: 'anonymous memory idle after init', value: idleAnonymous / 2 ** 20, unit: 'MiB', floor: bareAnonymous / 2 ** 20, floorName: 'bare node:http server' });
-  await rate(SOAK_RUNS, CLIENTS, run(keepAlive));
-  await rate(SOAK_RUNS, CLIENTS, floorRun);
-  await settle();
-  const soakRss = rss(proxy.child.pid!);
-  const floorSoakRss = rss(floor.child.pid!);
-  add({ metric: `RSS after ${SOAK_RUNS} activations`, value: soakRss / 2 ** 20, unit: 'MiB', floor: floorSoakRss / 2 ** 20, floorName: 'spawn floor after the same load', limit: 1.05 });
-  add({ metric: `anonymous memory after ${SOAK_RUNS} activations`, value: anonymous(proxy.child.pid!) / 2 ** 20, unit: 'MiB', floor: anonymous(floor.child.pid!) / 2 ** 20, floorName: 'spawn floor after the same load' });
+  const soak = await memoryAfter(() => rate(SOAK_RUNS, CLIENTS, run(keepAlive)), proxy.child.pid!);
+  const floorSoak = await memoryAfter(() => rate(SOAK_RUNS, CLIENTS, floorRun), floor.child.pid!);
+  add({ metric: `RSS after ${SOAK_RUNS} activations`, value: soak.rss, unit: 'MiB', floor: floorSoak.rss, floorName: 'spawn floor after the same load', limit: 1.05 });
+  add({ metric: `anonymous memory after ${SOAK_RUNS} activations`, value: soak.anonymous, unit: 'MiB', floor: floorSoak.anonymous, floorName: 'spawn floor after the same load' });
   // Growth that stays after the process is idle again would be a leak; V8's young generation is not.
   await settle(IDLE_AGAIN_MS);
   add({ metric: `RSS ${IDLE_AGAIN_MS / 1000} s after the last activation (reference)`, value: rss(proxy.child.pid!) / 2 ** 20, unit: 'MiB', floor: rss(floor.child.pid!) / 2 ** 20, floorName: 'spawn floor, as long after' });
@@ -750,10 +763,9 @@ async function againstBaseline(add: (row: Omit<Row, 'ratio'>) => void): Promise<
         add({ metric: 'against the baseline: loop mode warm /run p50', value: median(warm[0]!), unit: 'ms', floor: median(warm[1]!), floorName });
         add({ metric: 'against the baseline: loop mode warm /run p99', value: percentile(warm[0]!, 99), unit: 'ms', floor: percentile(warm[1]!, 99), floorName });
       }
-      for (const run of runs) await rate(loop ? THROUGHPUT_RUNS * 4 : THROUGHPUT_RUNS, CLIENTS, run);
-      await settle();
-      const [ours, theirs] = servers.map((server) => anonymous(server.child.pid!) / 2 ** 20);
-      add({ metric: `against the baseline: ${mode}, anonymous memory after the load`, value: ours!, unit: 'MiB', floor: theirs!, floorName });
+      const memory = [];
+      for (const [at, run] of runs.entries()) memory.push(await memoryAfter(() => rate(loop ? THROUGHPUT_RUNS * 4 : THROUGHPUT_RUNS, CLIENTS, run), servers[at]!.child.pid!));
+      add({ metric: `against the baseline: ${mode}, anonymous memory after the load`, value: memory[0]!.anonymous, unit: 'MiB', floor: memory[1]!.anonymous, floorName });
     } finally {
       for (const agent of agents) agent.destroy();
       for (const server of servers) await server.stop();
@@ -829,10 +841,11 @@ async function loopMode(add: (row: Omit<Row, 'ratio'>) => void): Promise<void> {
   }
   add({ metric: `loop mode: throughput, ${CLIENTS} keep-alive clients`, value: median(throughput), unit: 'runs/s', floor: median(spawns), floorName: `${CLIENTS} parallel direct spawns`, limit: 8, higherIsBetter: true });
   add({ metric: `loop mode: throughput of the smallest loop proxy (reference)`, value: median(floorThroughput), unit: 'runs/s', floor: median(spawns), floorName: `${CLIENTS} parallel direct spawns` });
-  // Memory after that load: the proxy process against the floor's, their action processes aside.
-  await settle();
-  add({ metric: 'loop mode: RSS after the load', value: rss(loopProxy.child.pid!) / 2 ** 20, unit: 'MiB', floor: rss(floor.child.pid!) / 2 ** 20, floorName: 'smallest Node loop proxy after the same load' });
-  add({ metric: 'loop mode: anonymous memory after the load', value: anonymous(loopProxy.child.pid!) / 2 ** 20, unit: 'MiB', floor: anonymous(floor.child.pid!) / 2 ** 20, floorName: 'smallest Node loop proxy after the same load', limit: 1.15 });
+  // Memory after such a load: the proxy process against the floor's, their action processes aside.
+  const after = await memoryAfter(() => rate(THROUGHPUT_RUNS * 4, CLIENTS, ours), loopProxy.child.pid!);
+  const floorAfter = await memoryAfter(() => rate(THROUGHPUT_RUNS * 4, CLIENTS, theirs), floor.child.pid!);
+  add({ metric: 'loop mode: RSS after the load', value: after.rss, unit: 'MiB', floor: floorAfter.rss, floorName: 'smallest Node loop proxy after the same load' });
+  add({ metric: 'loop mode: anonymous memory after the load', value: after.anonymous, unit: 'MiB', floor: floorAfter.anonymous, floorName: 'smallest Node loop proxy after the same load', limit: 1.15 });
   // What a warm container keeps while it waits for the next burst: the proxy's idle collection
   // (PROXY_IDLE_GC_SECONDS, 5 s: it runs 5-10 s after the last activation) has run by then.
   await settle(IDLE_COLLECTED_MS);
