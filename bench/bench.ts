@@ -366,12 +366,14 @@ async function timed(times: number, once: () => Promise<unknown>): Promise<numbe
  * Times `rounds` calls of each of `calls` (one client), interleaved so that machine noise hits all alike,
  * each round in an order of its own: the first server after the client's own work, or after a direct
  * spawn, finds the CPU's caches cold, and a fixed order gave that cost to the same server every round.
- * Answers each call's timings, in the order given.
+ * Each call gets its round's number. Answers each call's timings, by round, in the order given.
  */
-async function interleaved(rounds: number, calls: Array<() => Promise<unknown>>): Promise<number[][]> {
+async function interleaved(rounds: number, calls: Array<(round: number) => Promise<unknown>>): Promise<number[][]> {
   const samples = calls.map((): number[] => []);
-  const steps = calls.map((call, at) => async () => samples[at]!.push(...(await timed(1, call))));
-  for (let i = 0; i < rounds; i++) for (const step of shuffled(steps)) await step();
+  for (let round = 0; round < rounds; round++) {
+    const steps = calls.map((call, at) => async () => samples[at]!.push(...(await timed(1, () => call(round)))));
+    for (const step of shuffled(steps)) await step();
+  }
   return samples;
 }
 
@@ -820,10 +822,9 @@ async function loopMode(add: (row: Omit<Row, 'ratio'>) => void): Promise<void> {
   await timed(200, theirs);
   if (go) await timed(200, goRun);
   // A direct spawn in one round of four (it is slow), timed in the same rounds.
-  let rounds = 0;
-  const sometimesDirect = async (): Promise<unknown> => (rounds++ % 4 === 0 ? direct() : undefined);
+  const sometimesDirect = async (round: number): Promise<unknown> => (round % 4 === 0 ? direct() : undefined);
   const [warmOurs, warmFloor, warmSometimesDirect, warmGo] = (await interleaved(WARM_RUNS, [ours, theirs, sometimesDirect, ...(go ? [goRun] : [])])) as [number[], number[], number[], number[] | undefined];
-  const warmDirect = warmSometimesDirect.filter((_, at) => at % 4 === 0);
+  const warmDirect = warmSometimesDirect.filter((_, round) => round % 4 === 0);
   add({ metric: 'loop mode: warm /run p50, keep-alive', value: median(warmOurs), unit: 'ms', floor: median(warmFloor), floorName: 'smallest Node loop proxy p50', limit: 1.2 });
   add({ metric: 'loop mode: warm /run p50 against a spawn', value: median(warmOurs), unit: 'ms', floor: median(warmDirect), floorName: 'direct spawn p50', limit: 0.25 });
   add({ metric: 'loop mode: warm /run p99, keep-alive', value: percentile(warmOurs, 99), unit: 'ms', floor: percentile(warmFloor, 99), floorName: 'smallest Node loop proxy p99', limit: 1.3 });

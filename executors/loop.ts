@@ -204,8 +204,7 @@ export class LoopExecutor implements Executor {
       stdin.write(message[message.length - 1], (error) => {
         if (!error || process.waiting !== activation) return;
         // It had closed its input before the message: nothing of this activation reached it.
-        process.waiting = undefined;
-        signal?.removeEventListener('abort', cancel);
+        stopWaiting(process, activation);
         this.terminate(process);
         reject(UNDELIVERED);
       });
@@ -272,8 +271,7 @@ export class LoopExecutor implements Executor {
 
   /** Resolves once what the process wrote before now is in the logs, and it is back in the pool. */
   private logsIn(process: LoopProcess, activation: ActivationWait): Promise<void> {
-    process.waiting = undefined;
-    activation.signal?.removeEventListener('abort', activation.cancel);
+    stopWaiting(process, activation);
     return this.settle(process).then(() => {
       process.flushLogs();
       if (this.processes.has(process)) this.release(process);
@@ -460,6 +458,12 @@ export class LoopExecutor implements Executor {
       };
     });
   }
+}
+
+/** The process no longer runs `activation`: its fd-3 lines and its exit are no longer that activation's, nor is its client's abort. */
+function stopWaiting(process: LoopProcess, activation: ActivationWait): void {
+  process.waiting = undefined;
+  activation.signal?.removeEventListener('abort', activation.cancel);
 }
 
 /** Most reads of one pipe when draining it: an action that never stops writing can't hold its answer back. */
