@@ -21,6 +21,12 @@ export interface Container {
   port: number;
   post(path: string, body?: string | object): Promise<Response>;
   logs(): Promise<string>;
+  /**
+   * The logs once they match `pattern`, read again until they do or `ms` pass (then as they are): an
+   * activation's sentinels, and in loop mode its logs, follow its answer, and the engine writes container
+   * logs on its own time. OpenWhisk's invoker, too, reads the logs until the sentinels come.
+   */
+  logsMatching(pattern: RegExp, ms?: number): Promise<string>;
   exec(...command: string[]): Promise<string>;
 }
 
@@ -44,6 +50,14 @@ export async function withContainer<T>(args: string[], fn: (container: Container
         return stdout + stderr;
       },
       exec: (...command) => engine('exec', name, ...command),
+      async logsMatching(pattern, ms = 10_000) {
+        const deadline = Date.now() + ms;
+        for (;;) {
+          const logs = await container.logs();
+          if (pattern.test(logs) || Date.now() > deadline) return logs;
+          await new Promise((resolve) => setTimeout(resolve, 100));
+        }
+      },
     };
     await untilAnswering(port, options.readyMs);
     return await fn(container);

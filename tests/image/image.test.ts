@@ -33,7 +33,7 @@ describe('the image as a container', { concurrency: 2 }, () => {
           assert.deepEqual((await zipped.post('/run', { value: {} })).json(), { from: 'zip' });
         });
       });
-      const logs = await container.logs();
+      const logs = await container.logsMatching(new RegExp(`${SENTINEL}[^]*${SENTINEL}`));
       assert.match(logs, /log from bash 5\./);
       assert.equal(logs.split(SENTINEL).length - 1, 2, 'one sentinel on stdout and one on stderr');
     }));
