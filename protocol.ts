@@ -52,9 +52,14 @@ export interface Failure {
 export type InitOutcome = { ok: true } | Failure;
 export type RunOutcome = { ok: true; result: ActionResult } | Failure;
 
+// As bytes made once: a string written to a file (stdout sent to a file or /dev/null) is copied into
+// Node's Buffer pool on every write, and the pool's slabs, kept alive long enough to be promoted, then
+// hold their 8 KiB each until a full collection (tens of MiB under load).
+const SENTINEL_BYTES = Buffer.from(LOG_SENTINEL);
+
 function writeSentinels(): void {
-  process.stdout.write(LOG_SENTINEL);
-  process.stderr.write(LOG_SENTINEL);
+  process.stdout.write(SENTINEL_BYTES);
+  process.stderr.write(SENTINEL_BYTES);
 }
 
 /** Turns an error into what the client sees; the cause, which the client doesn't see, goes to stderr. */

@@ -37,7 +37,8 @@ const SOAK_RUNS = QUICK ? 2000 : 10_000;
 // 10–30 s after the last activation.
 const IDLE_AGAIN_MS = QUICK ? 5_000 : 30_000;
 const CLIENTS = 8;
-// Past the proxy's idle collection: it runs within twice PROXY_IDLE_GC_SECONDS (5 s) of the last activation.
+// What a warm container holds while it waits for the next burst (past the idle collection of a proxy
+// run with PROXY_IDLE_GC_SECONDS=5, off by default: it runs 5-10 s after the last activation).
 const IDLE_COLLECTED_MS = 11_000;
 // BENCH_BASELINE=<another build's dist/proxy.cjs>, with BENCH_BASELINE_FLAGS its Node flags: this build
 // against that one, interleaved in one run (the before and after of a change). BENCH_ONLY=baseline runs
@@ -409,7 +410,7 @@ async function settle(ms = 500): Promise<void> {
 
 /**
  * A server's memory right after a load of its own (and a settle): measured after the next server's
- * load instead, it would have been idle for that long, and the proxy's idle collection
+ * load instead, it would have been idle for that long, and a proxy run with an idle collection
  * (PROXY_IDLE_GC_SECONDS) would have given back what the load grew, the floor's not.
  */
 async function memoryAfter(load: () => Promise<unknown>, pid: number): Promise<{ rss: number; anonymous: number }> {
@@ -847,8 +848,7 @@ async function loopMode(add: (row: Omit<Row, 'ratio'>) => void): Promise<void> {
   const floorAfter = await memoryAfter(() => rate(THROUGHPUT_RUNS * 4, CLIENTS, theirs), floor.child.pid!);
   add({ metric: 'loop mode: RSS after the load', value: after.rss, unit: 'MiB', floor: floorAfter.rss, floorName: 'smallest Node loop proxy after the same load' });
   add({ metric: 'loop mode: anonymous memory after the load', value: after.anonymous, unit: 'MiB', floor: floorAfter.anonymous, floorName: 'smallest Node loop proxy after the same load', limit: 1.15 });
-  // What a warm container keeps while it waits for the next burst: the proxy's idle collection
-  // (PROXY_IDLE_GC_SECONDS, 5 s: it runs 5-10 s after the last activation) has run by then.
+  // What a warm container keeps while it waits for the next burst (IDLE_COLLECTED_MS).
   await settle(IDLE_COLLECTED_MS);
   add({ metric: `loop mode: anonymous memory ${IDLE_COLLECTED_MS / 1000} s after the load`, value: anonymous(loopProxy.child.pid!) / 2 ** 20, unit: 'MiB', floor: anonymous(floor.child.pid!) / 2 ** 20, floorName: 'smallest Node loop proxy after the same load', limit: 1.15 });
   if (go) {

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { copyFileSync, existsSync, lstatSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
-import { request as httpRequest } from 'node:http';
+import { request as httpRequest, type Agent } from 'node:http';
 import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
@@ -231,12 +231,13 @@ export function request(
   path: string,
   body?: string | Buffer | object,
   headers: Record<string, string> = {},
+  agent: Agent | false = false,
 ): Promise<Response> {
   const payload = body === undefined ? undefined : typeof body === 'string' || Buffer.isBuffer(body) ? body : JSON.stringify(body);
   return new Promise((resolve, reject) => {
     // An explicit length: Node sends GET, DELETE and OPTIONS bodies without one otherwise.
     const length = payload === undefined ? {} : { 'Content-Length': String(Buffer.byteLength(payload)) };
-    const req = httpRequest({ host: '127.0.0.1', port, method, path, headers: { ...length, ...headers }, agent: false }, (res) => {
+    const req = httpRequest({ host: '127.0.0.1', port, method, path, headers: { ...length, ...headers }, agent }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (chunk: Buffer) => chunks.push(chunk));
       res.on('end', () => {

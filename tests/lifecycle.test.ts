@@ -3,11 +3,13 @@
 
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
+import { Agent } from 'node:http';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import {
   MiB,
+  PROXY,
   SENTINEL,
   abandon,
   alive,
@@ -17,6 +19,7 @@ import {
   countLines,
   initScript,
   pidIn,
+  request,
   openFds,
   rss,
   startProxy,
@@ -213,7 +216,7 @@ describe('the pool follows the load', () => {
     }));
 });
 
-describe('memory follows the load: a full garbage collection once idle (PROXY_IDLE_GC_SECONDS)', { concurrency: true }, () => {
+describe('memory under load, and a full garbage collection once idle (PROXY_IDLE_GC_SECONDS)', { concurrency: true }, () => {
   // Each activation of this loop action answers at once, or after 3 s when asked to.
   const LOOP_ACTION = '#!/bin/bash\nwhile IFS= read -r line; do case "$line" in *slow*) sleep 3 ;; esac; echo \'{"ok":true}\' >&3; done\n';
   const COLLECTED = /proxy: idle: a full garbage collection, resident set ([\d.]+) -> ([\d.]+) MiB/;
@@ -243,7 +246,34 @@ describe('memory follows the load: a full garbage collection once idle (PROXY_ID
       assert.equal((await proxy.post('/run', { value: {} })).status, 200);
     }));
 
-  test('never while an activation runs; PROXY_IDLE_GC_SECONDS=0: never', () =>
+  // Node 20's V8 promotes objects of the HTTP layer, so its old space grows under load until a full
+  // collection whatever the proxy does; V8 12 (Node 22) and later don't.
+  test("loop mode's memory does not grow with the activations it serves", { skip: shrinks ? false : 'Node 20: its V8 keeps what a load promotes until a full collection' }, () =>
+    // As the image runs it (its flags), its stdout to a file, where every write of a string goes through
+    // Node's Buffer pool, on connections kept alive as the invoker keeps them (a new connection per
+    // request grows Node's own memory as much without the proxy). A pool slab that outlives two
+    // young-generation collections is promoted and held until a full one: a few bytes from the pool per
+    // activation add up to about 2 MiB over these 30,000 on Node 24.
+    withLoopProxy({ command: ['/bin/sh', '-c', `exec "${process.execPath}" --max-semi-space-size=2 --no-maglev "${PROXY}" > /dev/null`], env: { PROXY_IDLE_GC_SECONDS: '0' } }, async (proxy) => {
+      assert.equal((await initScript(proxy, LOOP_ACTION)).status, 200);
+      const agent = new Agent({ keepAlive: true, maxSockets: 8 });
+      const activations = async (count: number): Promise<void> => {
+        let sent = 0;
+        await Promise.all(Array.from({ length: 8 }, async () => {
+          while (sent++ < count) assert.equal((await request(proxy.port, 'POST', '/run', { value: {} }, {}, agent)).status, 200);
+        }));
+      };
+      // Once the code is compiled and the heap grown to its working size, 30,000 more activations add
+      // nothing that stays (no full collection runs in between: none is due, the idle one is off).
+      await activations(10_000);
+      const before = anonymous(proxy.child.pid!);
+      await activations(30_000);
+      const after = anonymous(proxy.child.pid!);
+      agent.destroy();
+      assert.ok(after - before < 1 * MiB, `anonymous memory ${(before / MiB).toFixed(1)} -> ${(after / MiB).toFixed(1)} MiB over 30,000 activations`);
+    }));
+
+  test('never while an activation runs; by default (PROXY_IDLE_GC_SECONDS=0) never', () =>
     Promise.all([
       withLoopProxy({ env: { PROXY_IDLE_GC_SECONDS: '1', PROXY_DEBUG: '1' } }, async (proxy) => {
         assert.equal((await initScript(proxy, LOOP_ACTION)).status, 200);
@@ -254,10 +284,11 @@ describe('memory follows the load: a full garbage collection once idle (PROXY_ID
         assert.equal((await slow).status, 200);
         assert.ok(await eventually(() => COLLECTED.test(proxy.stderr.text), 10_000), 'one once it ended');
       }),
-      withLoopProxy({ env: { PROXY_IDLE_GC_SECONDS: '0', PROXY_DEBUG: '1' } }, async (proxy) => {
+      withLoopProxy({ env: { PROXY_DEBUG: '1' } }, async (proxy) => {
         assert.equal((await initScript(proxy, LOOP_ACTION)).status, 200);
         await burst(proxy);
-        await new Promise((resolve) => setTimeout(resolve, 3_000));
+        // Twice what the default was (5 s), when a collection ran 5-10 s after the last activation.
+        await new Promise((resolve) => setTimeout(resolve, 11_000));
         assert.doesNotMatch(proxy.stderr.text, COLLECTED);
       }),
     ]).then(() => undefined));
