@@ -54,7 +54,7 @@ export type RunOutcome = { ok: true; result: ActionResult } | Failure;
 
 // As bytes made once: a string written to a file (stdout sent to a file or /dev/null) is copied into
 // Node's Buffer pool on every write, and the pool's slabs, kept alive long enough to be promoted, then
-// hold their 8 KiB each until a full collection (tens of MiB under load).
+// hold their 8 KiB each until a full collection: memory would grow with every activation (messageLine).
 const SENTINEL_BYTES = Buffer.from(LOG_SENTINEL);
 
 function writeSentinels(): void {

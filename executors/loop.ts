@@ -544,8 +544,8 @@ const EMPTY = Buffer.alloc(0);
  * client sent it with the whitespace between tokens taken out, so that it is one line; in parts, so
  * that arguments that arrived as bytes and need no compaction are sent as those bytes. The texts stay
  * strings, which a pipe writes as they are: a small Buffer made per activation would come from Node's
- * Buffer pool, whose 8 KiB slabs live long enough to be promoted and are then held until a full
- * collection (about 40 bytes per activation, which made loop mode's memory grow with every load).
+ * Buffer pool, whose 8 KiB slabs, used a few bytes at a time, live long enough to be promoted and are
+ * then held until a full collection: memory would grow with every activation.
  */
 function messageLine(activation: Activation): Array<string | Buffer> {
   const fields: string[] = [];
