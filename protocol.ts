@@ -10,7 +10,7 @@ import { TooManyMembers, isTooDeep, membersOf, scan, type Member, type Scanned }
 import { Cancellation, type ActionResult, type CancelSignal } from './executors/executor.ts';
 import type { ActionRunner, RunMessage } from './runner.ts';
 import { CodeFinder } from './initbody.ts';
-import { serverTiming, type Timing } from './timing.ts';
+import { note, serverTiming, type Timing } from './timing.ts';
 
 /** Ends each activation's logs on stdout and on stderr, so the invoker knows where they end. */
 export const LOG_SENTINEL = 'XXX_THE_END_OF_A_WHISK_ACTIVATION_XXX\n';
@@ -136,7 +136,8 @@ export async function admit(res: ServerResponse): Promise<Admission> {
 /** Aborts when the client closes the connection before its answer was sent. */
 function cancellation(res: ServerResponse): Cancellation {
   const cancel = new Cancellation();
-  res.once('close', () => {
+  // `on`: a response closes once.
+  res.on('close', () => {
     if (!res.writableFinished) cancel.abort();
   });
   return cancel;
@@ -163,7 +164,12 @@ export async function run(read: () => Promise<RunMessage>, admission: Admission,
   try {
     const message = await read();
     if (admission.gone()) throw clientLeft();
-    outcome = { ok: true, result: await runner.run(message, timing?.parts, admission.signal) };
+    const started = process.hrtime.bigint();
+    try {
+      outcome = { ok: true, result: await runner.run(message, admission.signal) };
+    } finally {
+      note(timing?.parts, 'action', started);
+    }
   } catch (error) {
     outcome = failure(error);
   } finally {
@@ -217,29 +223,37 @@ function clientLeft(): ProxyError {
  * Reads the body of an admitted request (readBody). A client that left while its unread request waited
  * is noticed only once the request has been read up to its end: the end of its connection is in the
  * kernel by then, and libuv reads it in the next poll phase, so two check phases later it has been seen.
- * It is noticed here, before the body is parsed: a line of abandoned requests costs no parsing.
+ * It is noticed here, before the body is parsed: a line of abandoned requests costs no parsing. A request
+ * that did not wait is checked by run() before its activation starts, without these turns.
  */
-export async function readAdmitted(req: IncomingMessage, admission: Admission): Promise<Buffer> {
+export function readAdmitted(req: IncomingMessage, admission: Admission): Promise<Buffer> {
+  return admission.waited ? readAfterWaiting(req, admission) : readBody(req);
+}
+
+async function readAfterWaiting(req: IncomingMessage, admission: Admission): Promise<Buffer> {
   const body = await readBody(req);
-  if (admission.waited) for (let turn = 0; turn < 2; turn++) await new Promise((resolve) => setImmediate(resolve));
+  for (let turn = 0; turn < 2; turn++) await new Promise((resolve) => setImmediate(resolve));
   if (admission.gone()) throw clientLeft();
   return body;
 }
 
 /** Reads a request body, at most `maxBodyBytes` of it; more is a 413. */
-export async function readBody(req: IncomingMessage): Promise<Buffer> {
+export function readBody(req: IncomingMessage): Promise<Buffer> {
   // With a declared length the body is copied into place as it arrives: its chunks and a
   // concatenated copy are never alive together (Node's parser holds the body to that length).
   const declared = Number(req.headers['content-length']);
   const whole = declared > 65536 && declared <= settings.maxBodyBytes ? Buffer.allocUnsafe(declared) : undefined;
   const chunks: Buffer[] = [];
   let length = 0;
-  await receive(req, (chunk) => {
-    if (whole) chunk.copy(whole, length);
-    else chunks.push(chunk);
-    length += chunk.length;
-  });
-  return whole ? whole.subarray(0, length) : chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, length);
+  return receive(
+    req,
+    (chunk) => {
+      if (whole) chunk.copy(whole, length);
+      else chunks.push(chunk);
+      length += chunk.length;
+    },
+    () => (whole ? whole.subarray(0, length) : chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, length)),
+  );
 }
 
 /**
@@ -248,13 +262,15 @@ export async function readBody(req: IncomingMessage): Promise<Buffer> {
  */
 export async function readInit(req: IncomingMessage): Promise<{ json: Scanned | undefined; code?: Buffer[] }> {
   const finder = new CodeFinder();
-  await receive(req, (chunk) => finder.push(chunk));
-  const { rest, code } = finder.finish();
+  const { rest, code } = await receive(req, (chunk) => finder.push(chunk), () => finder.finish());
   return { json: readJson(rest), code };
 }
 
-/** Hands each chunk of a request body to `take`, at most `maxBodyBytes` of them; more is a 413. */
-function receive(req: IncomingMessage, take: (chunk: Buffer) => void): Promise<void> {
+/**
+ * Hands each chunk of a request body to `take`, at most `maxBodyBytes` of them (more is a 413), and
+ * resolves with what `end` makes of them once the body is whole.
+ */
+function receive<T>(req: IncomingMessage, take: (chunk: Buffer) => void, end: () => T): Promise<T> {
   const limit = settings.maxBodyBytes;
   const tooLarge = (): ProxyError => new ProxyError(413, `The request body is larger than the limit of ${limit} bytes (PROXY_MAX_BODY_BYTES).`);
   if (Number(req.headers['content-length']) > limit) return Promise.reject(tooLarge());
@@ -270,7 +286,13 @@ function receive(req: IncomingMessage, take: (chunk: Buffer) => void): Promise<v
       length += chunk.length;
       take(chunk);
     });
-    req.on('end', resolve);
+    req.on('end', () => {
+      try {
+        resolve(end());
+      } catch (error) {
+        reject(error);
+      }
+    });
     // A client that goes away mid-body: nothing to answer, nothing ran.
     const gone = (): void => reject(new ProxyError(CLIENT_CLOSED, 'The client closed the connection before sending the whole request.'));
     req.on('error', gone);
@@ -335,15 +357,19 @@ export function resultBody(result: ActionResult): string | Buffer {
   return result.ascii && result.bytes.length <= TEXT_ANSWER_MAX_BYTES ? result.json.text : result.bytes;
 }
 
-export function send(res: ServerResponse, status: number, body: string | Buffer, headers: OutgoingHttpHeaders): void {
+export function send(res: ServerResponse, status: number, body: string | Buffer, headers: OutgoingHttpHeaders, contentType?: string): void {
   if (closing) res.setHeader('Connection', 'close');
+  // One object for writeHead: this is every answer's path.
+  const head: OutgoingHttpHeaders = contentType === undefined ? { ...headers } : { 'Content-Type': contentType, ...headers };
   // 204 and 304 carry no body and so no Content-Length (RFC 9110 8.6).
-  res.writeHead(status, status === 204 || status === 304 ? headers : { ...headers, 'Content-Length': Buffer.byteLength(body) });
-  res.end(status === 204 || status === 304 ? undefined : body);
+  const empty = status === 204 || status === 304;
+  if (!empty) head['Content-Length'] = Buffer.byteLength(body);
+  res.writeHead(status, head);
+  res.end(empty ? undefined : body);
 }
 
 export function sendJson(res: ServerResponse, status: number, json: string | Buffer, headers: OutgoingHttpHeaders = {}): void {
-  send(res, status, json, { 'Content-Type': 'application/json', ...headers });
+  send(res, status, json, headers, 'application/json');
 }
 
 export function sendError(res: ServerResponse, status: number, error: string, headers: OutgoingHttpHeaders = {}): void {

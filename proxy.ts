@@ -125,16 +125,22 @@ const CLIENT_ERRORS: Record<string, { status: number; error: string }> = {
  * The answers each connection still owes. A request Node can't parse is answered only after them: a
  * pipelined request that was complete keeps its answer, and the error comes after it, in order.
  */
-const owed = new WeakMap<Socket, { count: number; settled: Array<() => void> }>();
+const owed = new WeakMap<Socket, Debt>();
+interface Debt {
+  count: number;
+  settled: Array<() => void>;
+}
 
-function owe(socket: Socket, res: ServerResponse): void {
+/** Notes that `socket` owes one more answer; paid() when its response closes. */
+function owe(socket: Socket): Debt {
   let debt = owed.get(socket);
   if (!debt) owed.set(socket, (debt = { count: 0, settled: [] }));
   debt.count++;
-  const paid = debt;
-  res.once('close', () => {
-    if (--paid.count === 0) for (const wake of paid.settled.splice(0)) wake();
-  });
+  return debt;
+}
+
+function paid(debt: Debt): void {
+  if (--debt.count === 0) for (const wake of debt.settled.splice(0)) wake();
 }
 
 function afterOwedAnswers(socket: Socket, then: () => void): void {
@@ -210,9 +216,11 @@ export async function start(options: StartOptions = {}): Promise<Server> {
   let onIdle: (() => void) | undefined;
   // 16 KiB, as on Node 20 (22 raised it to 64): what a request waiting for a slot may have buffered unread.
   const server = createServer({ highWaterMark: 16 * 1024 }, (req, res) => {
-    owe(req.socket, res);
+    const debt = owe(req.socket);
     handling.set(req, res);
-    res.once('close', () => {
+    // One listener, and `on`: a response closes once, and `once` would wrap it in two more objects.
+    res.on('close', () => {
+      paid(debt);
       handling.delete(req);
       if (handling.size === 0) onIdle?.();
     });

@@ -11,7 +11,7 @@ import { LoopExecutor, StartFailed } from './executors/loop.ts';
 import { ProcessExecutor } from './executors/process.ts';
 import { install, killCompilers, verify, verifyOrThrow } from './install.ts';
 import { compact, kindOf, membersOf, stringValue, type Member } from './json.ts';
-import { measure, type Parts } from './timing.ts';
+import type { Parts } from './timing.ts';
 import type { ArchiveLimits } from './archive.ts';
 import { VERSION, debug } from './diagnostics.ts';
 import { collectGarbage } from './memory.ts';
@@ -291,13 +291,19 @@ export class ActionRunner {
 
   /**
    * Runs one activation in a slot the caller holds (admit()); resolves with its result or rejects with
-   * a ProxyError. An abort of `signal` stops it (CLIENT_CLOSED with MESSAGES.cancelled).
+   * a ProxyError. An abort of `signal` stops it (CLIENT_CLOSED with MESSAGES.cancelled). Not an async
+   * function: it is on every activation's path, and the executor's promise is the one to wait for.
    */
-  async run(message: RunMessage, parts?: Parts, signal?: CancelSignal): Promise<ActionResult> {
-    const activation: Activation = { ...message, env: this.activationEnv(message.fields) };
+  run(message: RunMessage, signal?: CancelSignal): Promise<ActionResult> {
+    let activation: Activation;
+    try {
+      activation = { ...message, env: this.activationEnv(message.fields) };
+    } catch (error) {
+      return Promise.reject(error);
+    }
     this.activations++;
     if (!this.idleCheck && this.idleGcMs > 0) this.watchForIdleness();
-    return measure(parts, 'action', () => this.executor.run(activation, signal));
+    return this.executor.run(activation, signal);
   }
 
   /**

@@ -33,10 +33,15 @@ export async function measure<T>(parts: Parts | undefined, name: string, step: (
   try {
     return await step();
   } finally {
-    const ms = since(start);
-    parts?.push([name, ms]);
-    if (debugging) debug(`${name}: ${ms.toFixed(1)} ms`);
+    note(parts, name, start);
   }
+}
+
+/** Adds the time since `start` (process.hrtime.bigint()) to `parts` as `name`: measure() for a caller already awaiting. */
+export function note(parts: Parts | undefined, name: string, start: bigint): void {
+  const ms = since(start);
+  parts?.push([name, ms]);
+  if (debugging) debug(`${name}: ${ms.toFixed(1)} ms`);
 }
 
 let listeningAt: number | undefined;

@@ -182,7 +182,7 @@ export class LoopExecutor implements Executor {
   }
 
   /** Sends one message and waits for the answer line; the process goes back to the pool after. */
-  private exchange(process: LoopProcess, message: Array<string | Buffer>, signal?: CancelSignal): Promise<ActionResult> {
+  private exchange(process: LoopProcess, message: string | Array<string | Buffer>, signal?: CancelSignal): Promise<ActionResult> {
     const logs = this.options.logs();
     // What it wrote on fd 3 since its last answer, without a newline, is not the start of this one.
     const stray = process.takeStray();
@@ -198,16 +198,18 @@ export class LoopExecutor implements Executor {
       process.waiting = activation;
       process.backedUp = false;
       const stdin = process.child.stdin!;
-      // One writev for the parts: the arguments' bytes are not copied into a line of their own.
-      stdin.cork();
-      for (let i = 0; i < message.length - 1; i++) stdin.write(message[i]);
-      stdin.write(message[message.length - 1], (error) => {
+      const written = (error: Error | null | undefined): void => {
         if (!error || process.waiting !== activation) return;
         // It had closed its input before the message: nothing of this activation reached it.
         stopWaiting(process, activation);
         this.terminate(process);
         reject(UNDELIVERED);
-      });
+      };
+      if (typeof message === 'string') return void stdin.write(message, written);
+      // One writev for the parts: the arguments' bytes are not copied into a line of their own.
+      stdin.cork();
+      for (let i = 0; i < message.length - 1; i++) stdin.write(message[i]);
+      stdin.write(message[message.length - 1], written);
       stdin.uncork();
     });
   }
@@ -269,13 +271,27 @@ export class LoopExecutor implements Executor {
     });
   }
 
-  /** Resolves once what the process wrote before now is in the logs, and it is back in the pool. */
+  /**
+   * Resolves once what the process wrote before now is in the logs, and it is back in the pool. Its
+   * answer on fd 3 came after its logs, so when the answer was read the logs were in the pipes, and
+   * libuv reads every ready pipe in the same turn: the next turn is enough while the pipes flow. When one
+   * was paused (the proxy's own log was full), drain() first. A callback, not an async function: this is
+   * on every activation's path, and each await would be one more object to collect.
+   */
   private logsIn(process: LoopProcess, activation: ActivationWait): Promise<void> {
     stopWaiting(process, activation);
-    return this.settle(process).then(() => {
-      process.flushLogs();
-      if (this.processes.has(process)) this.release(process);
+    return new Promise((resolve) => {
+      setImmediate(() => {
+        if (process.backedUp) return void this.drain(process).then(() => this.logsDone(process, resolve));
+        this.logsDone(process, resolve);
+      });
     });
+  }
+
+  private logsDone(process: LoopProcess, resolve: () => void): void {
+    process.flushLogs();
+    if (this.processes.has(process)) this.release(process);
+    resolve();
   }
 
   /** Puts a process back in the pool, or stops it when a re-init has replaced its action since. */
@@ -301,16 +317,11 @@ export class LoopExecutor implements Executor {
   }
 
   /**
-   * Resolves once everything the process wrote to stdout and stderr before now is in the logs. Its
-   * answer on fd 3 came after its logs, so when the answer was read the logs were in the pipes, and
-   * libuv reads every ready pipe in the same turn: one turn is enough while the pipes flow. When one was
-   * paused (the proxy's own log was full), data waits in the stream or in the kernel: then wait until
-   * the streams hold nothing and read the kernel pipes dry.
+   * Reads what a log pipe that was paused still holds: waits until the streams hold nothing, then reads
+   * the kernel pipes dry.
    */
-  private async settle(process: LoopProcess): Promise<void> {
+  private async drain(process: LoopProcess): Promise<void> {
     const pipes = [process.child.stdout as Readable, process.child.stderr as Readable];
-    await new Promise((resolve) => setImmediate(resolve));
-    if (!process.backedUp) return;
     for (;;) {
       const holding = pipes.filter((pipe) => !pipe.destroyed && (pipe.isPaused() || pipe.readableLength > 0));
       if (holding.length === 0) break;
@@ -541,19 +552,18 @@ const EMPTY = Buffer.alloc(0);
 
 /**
  * The line an activation is sent as: `{"value": <arguments>, <field>: <value>, …}`, each text as the
- * client sent it with the whitespace between tokens taken out, so that it is one line; in parts, so
- * that arguments that arrived as bytes and need no compaction are sent as those bytes. The texts stay
- * strings, which a pipe writes as they are: a small Buffer made per activation would come from Node's
- * Buffer pool, whose 8 KiB slabs, used a few bytes at a time, live long enough to be promoted and are
- * then held until a full collection: memory would grow with every activation.
+ * client sent it with the whitespace between tokens taken out, so that it is one line. One string,
+ * which a pipe writes as it is; or, for arguments that arrived as bytes and need no compaction, parts
+ * around those bytes. Never a small Buffer made per activation: it would come from Node's Buffer pool,
+ * whose 8 KiB slabs, used a few bytes at a time, live long enough to be promoted and are then held
+ * until a full collection: memory would grow with every activation.
  */
-function messageLine(activation: Activation): Array<string | Buffer> {
-  const fields: string[] = [];
-  for (const [name, text] of activation.fields) if (name !== 'value') fields.push(`,${JSON.stringify(name)}:${compact(text)}`);
-  const end = `${fields.join('')}}\n`;
+function messageLine(activation: Activation): string | Array<string | Buffer> {
+  let fields = '';
+  for (const [name, text] of activation.fields) if (name !== 'value') fields += `,${JSON.stringify(name)}:${compact(text)}`;
   const args = compact(activation.args);
-  if (args === activation.args && activation.argsBytes) return [VALUE_START, activation.argsBytes, end];
-  return [`{"value":${args}`, end];
+  if (args === activation.args && activation.argsBytes) return [VALUE_START, activation.argsBytes, `${fields}}\n`];
+  return `{"value":${args}${fields}}\n`;
 }
 
 const VALUE_START = Buffer.from('{"value":');

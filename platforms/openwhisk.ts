@@ -11,7 +11,9 @@ const ROUTES = ['/init', '/run'];
 
 export async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
   const timing = startTiming();
-  const path = (req.url ?? '/').split('?', 1)[0]!;
+  const url = req.url ?? '/';
+  const query = url.indexOf('?');
+  const path = query === -1 ? url : url.slice(0, query);
   if (!ROUTES.includes(path)) return sendError(res, 404, `There is no ${path}: the proxy serves POST /init and POST /run.`);
   if (req.method !== 'POST') return sendError(res, 405, `${path} takes POST, not ${req.method}.`, { Allow: 'POST' });
 
@@ -34,11 +36,7 @@ export async function handle(req: IncomingMessage, res: ServerResponse): Promise
   } catch (error) {
     return sendFailure(res, failure(error), timingHeader(timing));
   }
-  const read = async (): Promise<RunMessage> => {
-    const body = await readAdmitted(req, admission);
-    return runMessage(readJson(body, true), body);
-  };
-  await run(read, admission, (outcome) => {
+  await run(() => readAdmitted(req, admission).then(runMessageOf), admission, (outcome) => {
     if (outcome.ok) return sendJson(res, 200, resultBody(outcome.result), timingHeader(timing));
     sendFailure(res, outcome, timingHeader(timing));
   }, timing);
@@ -57,7 +55,8 @@ function initValue(body: Scanned | undefined): Map<string, Member> {
 }
 
 /** `{"value": args, ...activation fields}`: a missing body or value is `{}`; args are an object or array. */
-function runMessage(json: Scanned | undefined, body: Buffer): RunMessage {
+function runMessageOf(body: Buffer): RunMessage {
+  const json = readJson(body, true);
   if (json === undefined) return { args: '{}', fields: new Map() };
   if (!json.members) throw new ProxyError(404, MESSAGES.badArguments);
   const value = json.members.get('value');
