@@ -91,7 +91,7 @@ export class StartFailed extends Error {
   }
 }
 
-/** A message the process never got: its stdin was closed. Delivered to a fresh process instead. */
+/** A message the process never got: its stdin was closed. Delivered to another process instead, once. */
 const UNDELIVERED = new Error('the action process had closed its input');
 
 export class LoopExecutor implements Executor {
@@ -120,17 +120,12 @@ export class LoopExecutor implements Executor {
     this.release(started);
   }
 
-  async run(activation: Activation, signal?: CancelSignal): Promise<ActionResult> {
+  run(activation: Activation, signal?: CancelSignal): Promise<ActionResult> {
     const message = messageLine(activation);
-    for (let attempt = 0; ; attempt++) {
-      // An idle process is taken in this turn: only a start or an uncommitted init is waited for.
-      const process = this.idle.pop() ?? (await this.take());
-      try {
-        return await this.exchange(process, message, signal);
-      } catch (error) {
-        if (error !== UNDELIVERED || attempt > 0) throw error;
-      }
-    }
+    // An idle process is taken in this turn: only a start or an uncommitted init is waited for.
+    const process = this.idle.pop();
+    if (process) return this.exchange(process, message, signal, true);
+    return this.take().then((taken) => this.exchange(taken, message, signal, true));
   }
 
   /**
@@ -181,8 +176,11 @@ export class LoopExecutor implements Executor {
     return stubborn.length > 0;
   }
 
-  /** Sends one message and waits for the answer line; the process goes back to the pool after. */
-  private exchange(process: LoopProcess, message: string | Array<string | Buffer>, signal?: CancelSignal): Promise<ActionResult> {
+  /**
+   * Sends one message and waits for the answer line; the process goes back to the pool after. A message
+   * the process never got (it had closed its input) goes to another process once, when `retry`.
+   */
+  private exchange(process: LoopProcess, message: string | Array<string | Buffer>, signal: CancelSignal | undefined, retry: boolean): Promise<ActionResult> {
     const logs = this.options.logs();
     // What it wrote on fd 3 since its last answer, without a newline, is not the start of this one.
     const stray = process.takeStray();
@@ -193,7 +191,8 @@ export class LoopExecutor implements Executor {
         process.cancelled = true;
         this.terminate(process, true);
       };
-      signal?.addEventListener('abort', cancel, { once: true });
+      // Once: stopWaiting() removes it, and an abort calls each listener once.
+      signal?.addEventListener('abort', cancel);
       const activation: ActivationWait = { ack: false, resolve, reject, logs, signal, cancel };
       process.waiting = activation;
       process.backedUp = false;
@@ -203,7 +202,8 @@ export class LoopExecutor implements Executor {
         // It had closed its input before the message: nothing of this activation reached it.
         stopWaiting(process, activation);
         this.terminate(process);
-        reject(UNDELIVERED);
+        if (!retry) return reject(UNDELIVERED);
+        this.take().then((taken) => this.exchange(taken, message, signal, false)).then(resolve, reject);
       };
       if (typeof message === 'string') return void stdin.write(message, written);
       // One writev for the parts: the arguments' bytes are not copied into a line of their own.

@@ -2,7 +2,7 @@
 
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { SENTINEL, initScript, startProxy, withProxy, withTempDir, zipBase64, type ProxyOptions, type RunningProxy } from './helpers.ts';
@@ -31,6 +31,20 @@ function children(proxy: RunningProxy): number[] {
     return execFileSync('pgrep', ['-P', String(proxy.child.pid)]).toString().trim().split('\n').filter(Boolean).map(Number);
   } catch {
     return [];
+  }
+}
+
+/** Whether a process is still running (not exited, and not a zombie left unreaped). */
+function running(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch {
+    return false;
+  }
+  try {
+    return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return false;
   }
 }
 
@@ -147,6 +161,18 @@ describe('the protocol', { concurrency: true }, () => {
       assert.notEqual((second.json() as { pid: number }).pid, first.pid);
       await proxy.sentinels(2); // the exit was logged before the second activation began
       assert.match(proxy.stderr.text, /exited with code 0 while idle/);
+    }));
+
+  test('a process that closed its input while idle: the message it could not take goes to a fresh process; the old one is stopped', () =>
+    loop({}, async (proxy) => {
+      await initScript(proxy, '#!/bin/bash\nread -r line; echo "{\\"pid\\":$$}" >&3; exec 0<&-; sleep 30\n');
+      const first = (await proxy.post('/run', { value: {} })).json() as { pid: number };
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      const second = await proxy.post('/run', { value: {} });
+      assert.equal(second.status, 200);
+      assert.notEqual((second.json() as { pid: number }).pid, first.pid);
+      for (let i = 0; i < 50 && running(first.pid); i++) await new Promise((resolve) => setTimeout(resolve, 100));
+      assert.equal(running(first.pid), false, 'the process that closed its input is stopped');
     }));
 
   test('fd 3 closed with a partial line: that is the answer; the process is replaced', () =>
