@@ -31,6 +31,9 @@ const REPEAT = QUICK ? 5 : 21;
 // Cold starts vary more from one to the next than anything else measured here: twice the samples.
 const COLD_REPEAT = 2 * REPEAT;
 const WARM_RUNS = QUICK ? 200 : 1000;
+// Loop mode's warm rounds take half a millisecond each: enough of them that its p99 rests on 50 samples,
+// not 10 (with 1,000 rounds the ratio of two p99s went from 0.8 to 1.6 between runs of the same build).
+const LOOP_WARM_RUNS = QUICK ? 1000 : 5000;
 const THROUGHPUT_RUNS = QUICK ? 800 : 4000;
 const SOAK_RUNS = QUICK ? 2000 : 10_000;
 // V8 gives memory back only when its memory reducer sees the process idle; on Node 20 here that took
@@ -824,7 +827,7 @@ async function loopMode(add: (row: Omit<Row, 'ratio'>) => void): Promise<void> {
   if (go) await timed(200, goRun);
   // A direct spawn in one round of four (it is slow), timed in the same rounds.
   const sometimesDirect = async (round: number): Promise<unknown> => (round % 4 === 0 ? direct() : undefined);
-  const [warmOurs, warmFloor, warmSometimesDirect, warmGo] = (await interleaved(WARM_RUNS, [ours, theirs, sometimesDirect, ...(go ? [goRun] : [])])) as [number[], number[], number[], number[] | undefined];
+  const [warmOurs, warmFloor, warmSometimesDirect, warmGo] = (await interleaved(LOOP_WARM_RUNS, [ours, theirs, sometimesDirect, ...(go ? [goRun] : [])])) as [number[], number[], number[], number[] | undefined];
   const warmDirect = warmSometimesDirect.filter((_, round) => round % 4 === 0);
   add({ metric: 'loop mode: warm /run p50, keep-alive', value: median(warmOurs), unit: 'ms', floor: median(warmFloor), floorName: 'smallest Node loop proxy p50', limit: 1.2 });
   add({ metric: 'loop mode: warm /run p50 against a spawn', value: median(warmOurs), unit: 'ms', floor: median(warmDirect), floorName: 'direct spawn p50', limit: 0.25 });
