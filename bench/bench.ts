@@ -32,7 +32,7 @@ const REPEAT = QUICK ? 5 : 21;
 const COLD_REPEAT = 2 * REPEAT;
 const WARM_RUNS = QUICK ? 200 : 1000;
 // Loop mode's warm rounds take half a millisecond each: enough of them that its p99 rests on 50 samples,
-// not 10 (with 1,000 rounds the ratio of two p99s went from 0.8 to 1.6 between runs of the same build).
+// not 10 (with 1,000 rounds the ratio of two p99s went from 1.15 to 1.64 in five runs of the same build).
 const LOOP_WARM_RUNS = QUICK ? 1000 : 5000;
 const THROUGHPUT_RUNS = QUICK ? 800 : 4000;
 const SOAK_RUNS = QUICK ? 2000 : 10_000;
