@@ -34,6 +34,20 @@ function children(proxy: RunningProxy): number[] {
   }
 }
 
+/**
+ * Installs `script` (it answers its pid once, then goes idle in its own way), runs it, waits, and checks
+ * that the next activation is answered by another process; returns the first process's pid.
+ */
+async function answeredByAnother(proxy: RunningProxy, script: string): Promise<number> {
+  await initScript(proxy, script);
+  const first = (await proxy.post('/run', { value: {} })).json() as { pid: number };
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  const second = await proxy.post('/run', { value: {} });
+  assert.equal(second.status, 200);
+  assert.notEqual((second.json() as { pid: number }).pid, first.pid);
+  return first.pid;
+}
+
 /** Whether a process is still running (not exited, and not a zombie left unreaped). */
 function running(pid: number): boolean {
   try {
@@ -153,26 +167,16 @@ describe('the protocol', { concurrency: true }, () => {
 
   test('a process that exits while idle is dropped; the next activation is answered normally', () =>
     loop({}, async (proxy) => {
-      await initScript(proxy, '#!/bin/bash\nread -r line; echo "{\\"pid\\":$$}" >&3; sleep 0.1; exit 0\n');
-      const first = (await proxy.post('/run', { value: {} })).json() as { pid: number };
-      await new Promise((resolve) => setTimeout(resolve, 300));
-      const second = await proxy.post('/run', { value: {} });
-      assert.equal(second.status, 200);
-      assert.notEqual((second.json() as { pid: number }).pid, first.pid);
+      await answeredByAnother(proxy, '#!/bin/bash\nread -r line; echo "{\\"pid\\":$$}" >&3; sleep 0.1; exit 0\n');
       await proxy.sentinels(2); // the exit was logged before the second activation began
       assert.match(proxy.stderr.text, /exited with code 0 while idle/);
     }));
 
   test('a process that closed its input while idle: the message it could not take goes to a fresh process; the old one is stopped', () =>
     loop({}, async (proxy) => {
-      await initScript(proxy, '#!/bin/bash\nread -r line; echo "{\\"pid\\":$$}" >&3; exec 0<&-; sleep 30\n');
-      const first = (await proxy.post('/run', { value: {} })).json() as { pid: number };
-      await new Promise((resolve) => setTimeout(resolve, 300));
-      const second = await proxy.post('/run', { value: {} });
-      assert.equal(second.status, 200);
-      assert.notEqual((second.json() as { pid: number }).pid, first.pid);
-      for (let i = 0; i < 50 && running(first.pid); i++) await new Promise((resolve) => setTimeout(resolve, 100));
-      assert.equal(running(first.pid), false, 'the process that closed its input is stopped');
+      const first = await answeredByAnother(proxy, '#!/bin/bash\nread -r line; echo "{\\"pid\\":$$}" >&3; exec 0<&-; sleep 30\n');
+      for (let i = 0; i < 50 && running(first); i++) await new Promise((resolve) => setTimeout(resolve, 100));
+      assert.equal(running(first), false, 'the process that closed its input is stopped');
     }));
 
   test('fd 3 closed with a partial line: that is the answer; the process is replaced', () =>
