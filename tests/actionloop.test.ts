@@ -2,10 +2,10 @@
 
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
-import { SENTINEL, initScript, startProxy, withProxy, withTempDir, zipBase64, type ProxyOptions, type RunningProxy } from './helpers.ts';
+import { SENTINEL, alive, eventually, initScript, startProxy, withProxy, withTempDir, zipBase64, type ProxyOptions, type RunningProxy } from './helpers.ts';
 
 const EXITED = { error: 'The action exited before returning a result. See logs for details.' };
 const CANNOT_START = { error: 'Cannot start action. Check logs for details.' };
@@ -46,20 +46,6 @@ async function answeredByAnother(proxy: RunningProxy, script: string): Promise<n
   assert.equal(second.status, 200);
   assert.notEqual((second.json() as { pid: number }).pid, first.pid);
   return first.pid;
-}
-
-/** Whether a process is still running (not exited, and not a zombie left unreaped). */
-function running(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch {
-    return false;
-  }
-  try {
-    return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
-  } catch {
-    return false;
-  }
 }
 
 describe('the protocol', { concurrency: true }, () => {
@@ -175,8 +161,7 @@ describe('the protocol', { concurrency: true }, () => {
   test('a process that closed its input while idle: the message it could not take goes to a fresh process; the old one is stopped', () =>
     loop({}, async (proxy) => {
       const first = await answeredByAnother(proxy, '#!/bin/bash\nread -r line; echo "{\\"pid\\":$$}" >&3; exec 0<&-; sleep 30\n');
-      for (let i = 0; i < 50 && running(first); i++) await new Promise((resolve) => setTimeout(resolve, 100));
-      assert.equal(running(first), false, 'the process that closed its input is stopped');
+      assert.ok(await eventually(() => !alive(first), 5_000), 'the process that closed its input is stopped');
     }));
 
   test('fd 3 closed with a partial line: that is the answer; the process is replaced', () =>
