@@ -7,7 +7,6 @@ import { STATUS_CODES, createServer, type IncomingMessage, type Server, type Ser
 import { accessSync, constants, mkdirSync, realpathSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Socket } from 'node:net';
-import { isatty } from 'node:tty';
 import { fileURLToPath } from 'node:url';
 import { closeConnections, failure, sendError, use } from './protocol.ts';
 import { listening } from './timing.ts';
@@ -301,8 +300,9 @@ export async function start(options: StartOptions = {}): Promise<Server> {
     // 2,000 abandoned requests on a loaded machine). The kernel caps it at net.core.somaxconn.
     server.listen({ port: config.port, host: config.host, backlog: LISTEN_BACKLOG }, listened);
   });
-  // isatty, not process.stdout.isTTY: creating the stdout stream costs start-up time.
-  if (isatty(1)) {
+  // process.stdout.isTTY, not tty.isatty(1): the stream is the one every activation's logs go to, made
+  // here instead of at the first /run, and it loads node:tty (0.5 ms of a cold start) only for a terminal.
+  if (process.stdout.isTTY) {
     process.stdout.write(`Action proxy (${config.platform}) listening on ${config.host ?? 'every interface'}, port ${config.port}, action directory ${config.actionDir}\n`);
   }
   return server;
