@@ -461,13 +461,16 @@ function treeBytes(dir: string): number {
   return total;
 }
 
+/** A row as a part adds it: its ratio is value / floor unless the part gives one. */
+type NewRow = Omit<Row, 'ratio'> & { ratio?: number };
+
 interface Row {
   metric: string;
   value: number;
   unit: string;
   floor: number;
   floorName: string;
-  /** value / floor. */
+  /** value / floor, or (start-up rows) the median of each repetition's own ratio. */
   ratio: number;
   /** The target ratio: at most this, or at least it when `higherIsBetter`. */
   limit?: number;
@@ -485,8 +488,8 @@ function met(row: Row): boolean | undefined {
 
 async function main(): Promise<void> {
   const rows: Row[] = [];
-  const add = (row: Omit<Row, 'ratio'>): void => {
-    const ratio = row.value / row.floor;
+  const add = (row: NewRow): void => {
+    const ratio = row.ratio ?? row.value / row.floor;
     const full: Row = { ...row, value: round(row.value), floor: round(row.floor), ratio: round(ratio, ratio < 0.01 ? 4 : 2) };
     rows.push(full);
     console.error(`${full.metric}: ${full.value} ${full.unit} (floor ${full.floor}, ${full.ratio}x, target ${target(full) || 'none'})`);
@@ -582,7 +585,7 @@ async function main(): Promise<void> {
 }
 
 /** Archives: the whole /init against `unzip -q` and `tar -xzf` of the same tree. */
-async function archives(add: (row: Omit<Row, 'ratio'>) => void): Promise<void> {
+async function archives(add: (row: NewRow) => void): Promise<void> {
   const work = makeFolder('proxy-bench-zip-', FAST_FS);
   try {
     const archive = makeBigArchive(work);
@@ -635,7 +638,7 @@ function shuffled<T>(items: T[]): T[] {
 }
 
 /** Start-up: the cold start and its parts, against the floors; interleaved so that machine noise hits all alike. */
-async function startUp(add: (row: Omit<Row, 'ratio'>) => void): Promise<void> {
+async function startUp(add: (row: NewRow) => void): Promise<void> {
   // As the image starts it: with V8's compiled code, the floor given the same environment.
   const caches = await makeCodeCaches();
   const samples: Record<string, number[]> = {};
@@ -661,18 +664,28 @@ async function startUp(add: (row: Omit<Row, 'ratio'>) => void): Promise<void> {
   // previous server's exit can still be under way when the next starts).
   for (let i = 0; i < COLD_REPEAT; i++) for (const step of shuffled(steps)) await step();
   const m = (name: string): number => median(samples[name] ?? []);
+  // The ratio of a row: the median of each repetition's own. The servers of a repetition start within a
+  // second of each other, while the machine's speed drifts over the minutes of the whole: the spawn
+  // floor against itself, in four runs of 40 cold starts, came out 0.89-1.03x as a ratio of medians and
+  // 0.98-1.01x as this.
+  const paired = (name: string, floorName: string): number => median(samples[name]!.map((value, i) => value / samples[floorName]![i]!));
+  const row = (metric: string, name: string, floorName: string, floorLabel: string, limit?: number): void =>
+    add({ metric, value: m(name), unit: 'ms', floor: m(floorName), floorName: floorLabel, ratio: paired(name, floorName), limit });
   removeFolder(caches.folder);
-  add({ metric: 'cold start (spawn → init → first run)', value: m('cold'), unit: 'ms', floor: m('floorCold'), floorName: 'spawn floor: spawn → init → first run', limit: 1.1 });
-  add({ metric: `cold start as the image starts, with V8's compiled code (${nodeCache ? "the proxy's code cache and Node's compile cache" : "the proxy's code cache"})`, value: m('cachedCold'), unit: 'ms', floor: m('floorCachedCold'), floorName: 'spawn floor, the same environment', limit: 1.1 });
-  if (nodeCache) add({ metric: "cold start with Node's compile cache alone, without the proxy's code cache (reference)", value: m('nodeCachedCold'), unit: 'ms', floor: m('floorCachedCold'), floorName: 'spawn floor, the same environment' });
+  row('cold start (spawn → init → first run)', 'cold', 'floorCold', 'spawn floor: spawn → init → first run', 1.1);
+  row(`cold start as the image starts, with V8's compiled code (${nodeCache ? "the proxy's code cache and Node's compile cache" : "the proxy's code cache"})`, 'cachedCold', 'floorCachedCold', 'spawn floor, the same environment', 1.1);
+  if (nodeCache) row("cold start with Node's compile cache alone, without the proxy's code cache (reference)", 'nodeCachedCold', 'floorCachedCold', 'spawn floor, the same environment');
+  // How far apart two runs of the same server come out: the spawn floor is a `node -e` script, which
+  // Node's compile cache does not serve, so the environment above changes nothing for it.
+  row('the spawn floor in the same environment as the image, against itself (reference)', 'floorCachedCold', 'floorCold', 'spawn floor');
   // The share of the target that loading the proxy's code alone takes.
-  add({ metric: "cold start of the spawn floor loading the proxy's code first (reference)", value: m('floorCarryingCode'), unit: 'ms', floor: m('floorCold'), floorName: 'spawn floor: spawn → init → first run' });
-  add({ metric: 'cold start against node -e 0 (reference)', value: m('cold'), unit: 'ms', floor: m('node'), floorName: 'node -e 0' });
+  row("cold start of the spawn floor loading the proxy's code first (reference)", 'floorCarryingCode', 'floorCold', 'spawn floor: spawn → init → first run');
+  row('cold start against node -e 0 (reference)', 'cold', 'node', 'node -e 0');
   // Where a cold start goes: until the /init is answered (start-up, then the init), and the first /run.
-  add({ metric: 'cold start, part: spawn → /init answered (reference)', value: m('coldInit'), unit: 'ms', floor: m('bareReady'), floorName: 'bare node:http server: spawn → first answer' });
+  row('cold start, part: spawn → /init answered (reference)', 'coldInit', 'bareReady', 'bare node:http server: spawn → first answer');
   add({ metric: 'cold start, part: the first /run (reference)', value: m('coldRun'), unit: 'ms', floor: Math.max(0.01, m('floorCold') - m('bareReady')), floorName: 'spawn floor: its init and first run, less a bare server\'s start' });
-  add({ metric: 'ready (spawn → first HTTP answer) (reference)', value: m('ready'), unit: 'ms', floor: m('bareReady'), floorName: 'bare node:http server' });
-  add({ metric: 'ready, a bare node:http server (reference)', value: m('bareReady'), unit: 'ms', floor: m('node'), floorName: 'node -e 0' });
+  row('ready (spawn → first HTTP answer) (reference)', 'ready', 'bareReady', 'bare node:http server');
+  row('ready, a bare node:http server (reference)', 'bareReady', 'node', 'node -e 0');
 }
 
 /**
@@ -699,7 +712,7 @@ function abandon(port: number, body: string, leave: Promise<unknown>): Promise<s
  * are let go, and the next request is answered. RSS growth against the line floor (LINE_FLOOR_SERVER)
  * put through the same, one after the other.
  */
-async function abandonedLine(add: (row: Omit<Row, 'ratio'>) => void): Promise<void> {
+async function abandonedLine(add: (row: NewRow) => void): Promise<void> {
   const env = { ACTION: HANGING_WEB_ACTION, __OW_RUNTIME_PLATFORM: 'knative', __OW_ACTION_CODE: HANGING_WEB_ACTION };
   const pad = `{"pad":"${'x'.repeat(256 * 1024)}"}`;
   const growth = { proxy: { waiting: [] as number[], after: [] as number[] }, floor: { waiting: [] as number[], after: [] as number[] } };
@@ -741,7 +754,7 @@ async function abandonedLine(add: (row: Omit<Row, 'ratio'>) => void): Promise<vo
  * This build against BENCH_BASELINE's, side by side: cold start, loop mode's warm p50 and p99, and
  * anonymous memory after the same load in both modes. Nothing without BENCH_BASELINE.
  */
-async function againstBaseline(add: (row: Omit<Row, 'ratio'>) => void): Promise<void> {
+async function againstBaseline(add: (row: NewRow) => void): Promise<void> {
   if (!BASELINE) return;
   const floorName = `baseline ${process.env.BENCH_BASELINE}`;
   const cold: number[] = [];
@@ -803,7 +816,7 @@ async function startGoActionLoop(): Promise<Proxy | undefined> {
  * Action-loop mode against its floor, the smallest loop proxy (LOOP_FLOOR_SERVER), and against a direct
  * spawn of the per-activation action: warm latency and throughput, interleaved so noise hits all alike.
  */
-async function loopMode(add: (row: Omit<Row, 'ratio'>) => void): Promise<void> {
+async function loopMode(add: (row: NewRow) => void): Promise<void> {
   const loopProxy = await spawnProxy({ PROXY_ACTION_LOOP: '1' });
   // The per-activation form of the action, spawned directly, in a folder of its own.
   const directDir = makeFolder('proxy-bench-direct-');
@@ -891,7 +904,7 @@ function treeRss(pid: number): number {
  * answer), warm p50 and p99, throughput with 8 clients, memory of the whole process tree idle and after
  * the load. Skipped, and said, without the checkout.
  */
-async function nodejsRuntimes(add: (row: Omit<Row, 'ratio'>) => void): Promise<void> {
+async function nodejsRuntimes(add: (row: NewRow) => void): Promise<void> {
   const checkout = process.env.OW_RUNTIME_NODEJS;
   const app = checkout && join(checkout, 'core', 'nodejsActionBase');
   if (!app || !existsSync(join(app, 'node_modules', 'express'))) {
@@ -934,7 +947,7 @@ async function nodejsRuntimes(add: (row: Omit<Row, 'ratio'>) => void): Promise<v
 }
 
 /** The warm rows of nodejsRuntimes: latency, memory and throughput of two running servers. */
-async function warmRows(servers: { ours: Proxy; theirs: Proxy }, init: string, run: string, add: (row: Omit<Row, 'ratio'>) => void): Promise<void> {
+async function warmRows(servers: { ours: Proxy; theirs: Proxy }, init: string, run: string, add: (row: NewRow) => void): Promise<void> {
   const agents = { ours: new Agent({ keepAlive: true, maxSockets: CLIENTS }), theirs: new Agent({ keepAlive: true, maxSockets: CLIENTS }) };
   const once = { ours: () => post(servers.ours.port, '/run', run, agents.ours), theirs: () => post(servers.theirs.port, '/run', run, agents.theirs) };
   for (const name of ['ours', 'theirs'] as const) await postWhenUp(servers[name].port, '/init', init);

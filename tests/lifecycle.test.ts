@@ -254,7 +254,7 @@ describe('memory under load, and a full garbage collection once idle (PROXY_IDLE
     // request grows Node's own memory as much without the proxy). A pool slab that outlives two
     // young-generation collections is promoted and held until a full one: a few bytes from the pool per
     // activation add up to about 2 MiB over these 30,000 on Node 24.
-    withLoopProxy({ command: ['/bin/sh', '-c', `exec "${process.execPath}" --max-semi-space-size=2 --no-maglev "${PROXY}" > /dev/null`], env: { PROXY_IDLE_GC_SECONDS: '0' } }, async (proxy) => {
+    withLoopProxy({ command: ['/bin/sh', '-c', `exec "${process.execPath}" --max-semi-space-size=2 --min-semi-space-size=2 --no-maglev "${PROXY}" > /dev/null`], env: { PROXY_IDLE_GC_SECONDS: '0' } }, async (proxy) => {
       assert.equal((await initScript(proxy, LOOP_ACTION)).status, 200);
       const agent = new Agent({ keepAlive: true, maxSockets: 8 });
       const activations = async (count: number): Promise<void> => {

@@ -42,7 +42,7 @@ describe('the image as a container', { concurrency: 2 }, () => {
     withContainer(['--pids-limit', '64'], async (container) => {
       assert.match(await container.exec('cat', '/proc/1/cmdline'), /^tini\0--\0\/proxy\/entrypoint\0node\0/);
       // The entry point exec's the proxy: tini's child is node itself, no shell in between.
-      assert.match(await container.exec('sh', '-c', 'cat /proc/$(cat /proc/1/task/1/children | cut -d" " -f1)/cmdline'), /^node\0--max-semi-space-size=2\0--no-maglev\0\/proxy\/proxy.cjs\0$/);
+      assert.match(await container.exec('sh', '-c', 'cat /proc/$(cat /proc/1/task/1/children | cut -d" " -f1)/cmdline'), /^node\0--max-semi-space-size=2\0--min-semi-space-size=2\0--no-maglev\0\/proxy\/proxy.cjs\0$/);
       await container.post('/init', { value: { code: '#!/bin/bash\n(sleep 0.2 &)\necho "{}"\n' } });
       // 300 orphans in all, 8 at a time: with no one reaping them the 64 PIDs would run out.
       const statuses: number[] = [];
