@@ -637,6 +637,16 @@ function shuffled<T>(items: T[]): T[] {
   return copy;
 }
 
+/**
+ * The ratio of two servers' start-ups measured in the same repetitions: the median of each repetition's
+ * own ratio. The servers of a repetition start within a second of each other, while the machine's speed
+ * drifts over the minutes of the whole: the spawn floor against itself, in four runs of 40 cold starts,
+ * came out 0.89-1.03x as a ratio of medians and 0.98-1.01x as this.
+ */
+function pairedRatio(values: number[], floors: number[]): number {
+  return median(values.map((value, i) => value / floors[i]!));
+}
+
 /** Start-up: the cold start and its parts, against the floors; interleaved so that machine noise hits all alike. */
 async function startUp(add: (row: NewRow) => void): Promise<void> {
   // As the image starts it: with V8's compiled code, the floor given the same environment.
@@ -664,13 +674,8 @@ async function startUp(add: (row: NewRow) => void): Promise<void> {
   // previous server's exit can still be under way when the next starts).
   for (let i = 0; i < COLD_REPEAT; i++) for (const step of shuffled(steps)) await step();
   const m = (name: string): number => median(samples[name] ?? []);
-  // The ratio of a row: the median of each repetition's own. The servers of a repetition start within a
-  // second of each other, while the machine's speed drifts over the minutes of the whole: the spawn
-  // floor against itself, in four runs of 40 cold starts, came out 0.89-1.03x as a ratio of medians and
-  // 0.98-1.01x as this.
-  const paired = (name: string, floorName: string): number => median(samples[name]!.map((value, i) => value / samples[floorName]![i]!));
   const row = (metric: string, name: string, floorName: string, floorLabel: string, limit?: number): void =>
-    add({ metric, value: m(name), unit: 'ms', floor: m(floorName), floorName: floorLabel, ratio: paired(name, floorName), limit });
+    add({ metric, value: m(name), unit: 'ms', floor: m(floorName), floorName: floorLabel, ratio: pairedRatio(samples[name]!, samples[floorName]!), limit });
   removeFolder(caches.folder);
   row('cold start (spawn → init → first run)', 'cold', 'floorCold', 'spawn floor: spawn → init → first run', 1.1);
   row(`cold start as the image starts, with V8's compiled code (${nodeCache ? "the proxy's code cache and Node's compile cache" : "the proxy's code cache"})`, 'cachedCold', 'floorCachedCold', 'spawn floor, the same environment', 1.1);
@@ -760,10 +765,9 @@ async function againstBaseline(add: (row: NewRow) => void): Promise<void> {
   const cold: number[] = [];
   const baselineCold: number[] = [];
   for (let i = 0; i < REPEAT; i++) {
-    cold.push((await coldTime()).total);
-    baselineCold.push((await coldTime(BASELINE)).total);
+    for (const step of shuffled([async () => cold.push((await coldTime()).total), async () => baselineCold.push((await coldTime(BASELINE)).total)])) await step();
   }
-  add({ metric: 'against the baseline: cold start', value: median(cold), unit: 'ms', floor: median(baselineCold), floorName });
+  add({ metric: 'against the baseline: cold start', value: median(cold), unit: 'ms', floor: median(baselineCold), floorName, ratio: pairedRatio(cold, baselineCold) });
   for (const loop of [true, false]) {
     const mode = loop ? 'loop mode' : 'a process per activation';
     const env = loop ? { PROXY_ACTION_LOOP: '1' } : {};
