@@ -831,24 +831,32 @@ async function loopMode(add: (row: NewRow) => void): Promise<void> {
   if (init.status !== 200) throw new Error(`loop init failed: ${init.text}`);
   const floor = await spawnProxy({ LOOP: TRIVIAL_LOOP.split('\n').slice(1).join('\n') }, [...FLOOR_NODE, '-e', LOOP_FLOOR_SERVER]);
   await postWhenUp(floor.port, '/run', '{"value":{}}');
+  // A second floor in the same rounds: how far apart two of the same server's p50s and p99s come out.
+  const twin = await spawnProxy({ LOOP: TRIVIAL_LOOP.split('\n').slice(1).join('\n') }, [...FLOOR_NODE, '-e', LOOP_FLOOR_SERVER]);
+  await postWhenUp(twin.port, '/run', '{"value":{}}');
   await post(loopProxy.port, '/run', '{"value":{}}', false);
   await settle();
   add({ metric: 'loop mode: anonymous memory idle after init', value: anonymous(loopProxy.child.pid!) / 2 ** 20, unit: 'MiB', floor: anonymous(floor.child.pid!) / 2 ** 20, floorName: 'smallest Node loop proxy' });
-  const agents = [new Agent({ keepAlive: true, maxSockets: CLIENTS }), new Agent({ keepAlive: true, maxSockets: CLIENTS }), new Agent({ keepAlive: true, maxSockets: CLIENTS })];
+  const agents = [0, 1, 2, 3].map(() => new Agent({ keepAlive: true, maxSockets: CLIENTS }));
   const ours = () => post(loopProxy.port, '/run', '{"value":{}}', agents[0]!);
   const theirs = () => post(floor.port, '/run', '{"value":{}}', agents[1]!);
   const go = await startGoActionLoop();
   const goRun = () => post(GO_ACTIONLOOP_PORT, '/run', '{"value":{}}', agents[2]!);
+  const twinRun = () => post(twin.port, '/run', '{"value":{}}', agents[3]!);
   await timed(200, ours); // warm-up
   await timed(200, theirs);
+  await timed(200, twinRun);
   if (go) await timed(200, goRun);
   // A direct spawn in one round of four (it is slow), timed in the same rounds.
   const sometimesDirect = async (round: number): Promise<unknown> => (round % 4 === 0 ? direct() : undefined);
-  const [warmOurs, warmFloor, warmSometimesDirect, warmGo] = (await interleaved(LOOP_WARM_RUNS, [ours, theirs, sometimesDirect, ...(go ? [goRun] : [])])) as [number[], number[], number[], number[] | undefined];
+  const [warmOurs, warmFloor, warmTwin, warmSometimesDirect, warmGo] = (await interleaved(LOOP_WARM_RUNS, [ours, theirs, twinRun, sometimesDirect, ...(go ? [goRun] : [])])) as [number[], number[], number[], number[], number[] | undefined];
+  await twin.stop();
   const warmDirect = warmSometimesDirect.filter((_, round) => round % 4 === 0);
   add({ metric: 'loop mode: warm /run p50, keep-alive', value: median(warmOurs), unit: 'ms', floor: median(warmFloor), floorName: 'smallest Node loop proxy p50', limit: 1.2 });
   add({ metric: 'loop mode: warm /run p50 against a spawn', value: median(warmOurs), unit: 'ms', floor: median(warmDirect), floorName: 'direct spawn p50', limit: 0.25 });
   add({ metric: 'loop mode: warm /run p99, keep-alive', value: percentile(warmOurs, 99), unit: 'ms', floor: percentile(warmFloor, 99), floorName: 'smallest Node loop proxy p99', limit: 1.3 });
+  add({ metric: 'loop mode: the smallest loop proxy against itself, p50 (reference)', value: median(warmTwin), unit: 'ms', floor: median(warmFloor), floorName: 'the same server, another process, in the same rounds' });
+  add({ metric: 'loop mode: the smallest loop proxy against itself, p99 (reference)', value: percentile(warmTwin, 99), unit: 'ms', floor: percentile(warmFloor, 99), floorName: 'the same server, another process, in the same rounds' });
   if (go && warmGo) {
     add({ metric: 'loop mode: warm /run p50 against Go (reference)', value: median(warmOurs), unit: 'ms', floor: median(warmGo), floorName: "OpenWhisk's Go actionloop proxy p50" });
     add({ metric: 'loop mode: warm /run p99 against Go (reference)', value: percentile(warmOurs, 99), unit: 'ms', floor: percentile(warmGo, 99), floorName: "OpenWhisk's Go actionloop proxy p99" });
