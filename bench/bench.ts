@@ -816,6 +816,13 @@ async function startGoActionLoop(): Promise<Proxy | undefined> {
   return go;
 }
 
+/** The smallest loop proxy (LOOP_FLOOR_SERVER) with its bash loop, once it has answered a first /run. */
+async function startLoopFloor(): Promise<Proxy> {
+  const floor = await spawnProxy({ LOOP: TRIVIAL_LOOP.split('\n').slice(1).join('\n') }, [...FLOOR_NODE, '-e', LOOP_FLOOR_SERVER]);
+  await postWhenUp(floor.port, '/run', '{"value":{}}');
+  return floor;
+}
+
 /**
  * Action-loop mode against its floor, the smallest loop proxy (LOOP_FLOOR_SERVER), and against a direct
  * spawn of the per-activation action: warm latency and throughput, interleaved so noise hits all alike.
@@ -829,11 +836,9 @@ async function loopMode(add: (row: NewRow) => void): Promise<void> {
   await ready(loopProxy);
   const init = await post(loopProxy.port, '/init', initBody(TRIVIAL_LOOP), false);
   if (init.status !== 200) throw new Error(`loop init failed: ${init.text}`);
-  const floor = await spawnProxy({ LOOP: TRIVIAL_LOOP.split('\n').slice(1).join('\n') }, [...FLOOR_NODE, '-e', LOOP_FLOOR_SERVER]);
-  await postWhenUp(floor.port, '/run', '{"value":{}}');
+  const floor = await startLoopFloor();
   // A second floor in the same rounds: how far apart two of the same server's p50s and p99s come out.
-  const twin = await spawnProxy({ LOOP: TRIVIAL_LOOP.split('\n').slice(1).join('\n') }, [...FLOOR_NODE, '-e', LOOP_FLOOR_SERVER]);
-  await postWhenUp(twin.port, '/run', '{"value":{}}');
+  const twin = await startLoopFloor();
   await post(loopProxy.port, '/run', '{"value":{}}', false);
   await settle();
   add({ metric: 'loop mode: anonymous memory idle after init', value: anonymous(loopProxy.child.pid!) / 2 ** 20, unit: 'MiB', floor: anonymous(floor.child.pid!) / 2 ** 20, floorName: 'smallest Node loop proxy' });
